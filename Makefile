@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine:
+#   make train   create .venv, install prefopt, run the default job (DPO, tiny model, CPU)
+#   make test    create .venv if needed, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# torch first, so that prefopt's `torch>=2.4` is already satisfied when pip resolves it.
+# Hosts without an NVIDIA GPU take torch 2.13.0, the CPU build kept on this workplace's
+# disk (an unpinned torch pulls a ~5 GB CUDA build). Hosts with a GPU take the CUDA build.
+# Override either way: `make test TORCH_SPEC='torch==2.9.1'`.
+TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+EXTRAS ?= test,bench
+
+.PHONY: venv train test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/prefopt-train $(ARGS)
+
+# `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, which would
+# expose kernels/ as a top-level `kernels` package (see pyproject.toml).
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/pytest benchmarks -q --benchmark-enable $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info outputs multirun .pytest_cache .benchmarks

@@ -1,0 +1,44 @@
+"""The typed schema of `prefopt-train`'s config, registered in Hydra's ConfigStore.
+
+The primary config (conf/train.yaml) extends `train_schema`, so Hydra checks types and
+refuses unknown keys everywhere: a typo in an override is an error, never a silent
+default. `trainer` and `logger` are open mappings of Lightning arguments, but still in
+Hydra's struct mode: a new key needs an explicit `+trainer.key=value`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from prefopt.data.datamodule import DataConfig
+from prefopt.models import ModelConfig
+from prefopt.module import OptimizerConfig, SchedulerConfig
+
+
+@dataclass
+class TrainConfig:
+    objective: Any = MISSING
+    """The selected objective's Config (group `objective`, one entry per plugin)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of pytorch_lightning.Trainer."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    logger: dict[str, Any] = field(default_factory=dict)
+    """A Lightning logger, instantiated from its `_target_`."""
+    seed: int = 0
+    output_dir: str = "${hydra:runtime.output_dir}"
+    """Where the run writes config.yaml, metrics.csv, checkpoints/ and policy/."""
+    logprob_impl: str = "auto"
+    """prefopt.kernels implementation: auto (Triton on CUDA, torch elsewhere), triton, torch."""
+    export_policy: bool = True
+    """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,97 @@
+"""Policy and reference models from transformers.
+
+`model.name_or_path` names a local directory or a hub id of any causal LM; left empty, the
+built-in tiny model (prefopt.tiny) is built from a config with random weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from prefopt import tiny
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in tiny Llama (used when `name_or_path` is empty)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = None
+    """Local directory or hub id of a causal LM; empty: the built-in tiny model."""
+    tokenizer: Optional[str] = None
+    """Where to load the tokenizer from; empty: the same place as the model."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) when `name_or_path` is a hub id."""
+    dtype: str = "float32"
+    """Dtype of the loaded weights. Keep float32 for mixed precision (`trainer.precision`)."""
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = "sdpa"
+    gradient_checkpointing: bool = False
+    """Recompute the trunk's activations in backward: less memory, about 30% more time."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+def build_tokenizer(cfg: ModelConfig):
+    source = cfg.tokenizer or cfg.name_or_path
+    if not source:
+        return tiny.build_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
+                                              trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out everywhere; any existing token will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_policy(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
+    if cfg.name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
+            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+    else:
+        config = tiny.build_config(tokenizer, **vars(cfg.tiny))
+        config._attn_implementation = cfg.attn_implementation
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.dtype))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    disable_dropout(model)
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off for good, whatever train()/eval() Lightning calls later.
+
+    The policy's and the reference's log-probs of the same sequence must agree at the
+    start; dropout would make the implicit rewards noisy and biased.
+    """
+    for name in dir(model.config):
+        if "dropout" in name and isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def make_reference(policy: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of the policy as it is now."""
+    reference = copy.deepcopy(policy)
+    reference.requires_grad_(False)
+    reference.eval()
+    return reference

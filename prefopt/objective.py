@@ -1,0 +1,123 @@
+"""The plugin contract: what an objective declares, what it receives, what it returns.
+
+An objective is a subclass of `Objective` with
+
+- `Config`: a dataclass deriving from `ObjectiveConfig`; it is the objective's Hydra schema
+  (group `objective`), so every field needs a type, a default and a docstring comment;
+- `batch_format`: which records it consumes (`BatchFormat`);
+- `needs(config)`: what the training module must compute for it (`Needs`);
+- `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities.
+
+It is published under the entry-point group `prefopt.objectives`; the built-ins are
+registered there too (pyproject.toml), so there is one code path for both.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+# Bumped when the contract below changes incompatibly; the registry refuses plugins built
+# for another version instead of failing somewhere deep inside a training step.
+API_VERSION = 1
+
+
+class BatchFormat(str, enum.Enum):
+    """Record formats. Field names follow TRL's dataset conventions."""
+
+    PAIRWISE = "pairwise"  # {prompt, chosen, rejected}
+    UNPAIRED = "unpaired"  # {prompt, completion, label}
+    RANKED = "ranked"  # {prompt, completions, ranks}
+    ATTRIBUTED = "attributed"  # {prompt, response, attributes}
+    PROMPTS = "prompts"  # {prompt}, for online RL
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an objective asks the training module to provide."""
+
+    reference: bool = True  # log-probs under a frozen reference model
+    token_logps: bool = False  # per-token log-probs, not only sums over the completion
+    entropy: bool = False  # per-token entropy with gradient (it is always logged, detached)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Base of every objective's Config. The registry fills `name` with the entry-point name."""
+
+    name: str = ""
+
+
+@dataclass
+class PairwiseLogps:
+    """Summed completion log-probabilities of a batch of B preference pairs.
+
+    `*_tokens` count the completion tokens that were summed (for length normalisation).
+    The reference fields are None when the objective needs no reference model.
+    """
+
+    chosen: torch.Tensor  # [B] Σ_t log π(y_w,t | x, y_w,<t)
+    rejected: torch.Tensor  # [B] Σ_t log π(y_l,t | x, y_l,<t)
+    chosen_tokens: torch.Tensor  # [B]
+    rejected_tokens: torch.Tensor  # [B]
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise and metrics to log.
+
+    Metric values are per-example tensors [B] (averaged over examples by the module) or
+    scalars. Names follow the schema in DESIGN.md: `rewards/chosen`, `rewards/rejected`,
+    `rewards/margins`, `rewards/accuracies`, ...; objective-specific ones go under the
+    objective's name (e.g. `ipo/target`). The module adds the `train/` or `val/` prefix.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Objective(abc.ABC):
+    """Base class of preference objectives. See the module docstring for the contract."""
+
+    api_version: ClassVar[int] = API_VERSION
+    batch_format: ClassVar[BatchFormat]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+
+    def __init__(self, config: ObjectiveConfig):
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__qualname__}, "
+                            f"got {type(config).__qualname__}")
+        self.config = config
+
+    def needs(self) -> Needs:
+        return Needs()
+
+    @abc.abstractmethod
+    def loss(self, inputs: PairwiseLogps) -> LossOutput:
+        """The loss and metrics of one batch (pure tensor math, no model calls)."""
+
+
+def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+    """The shared `rewards/*` metrics from per-pair implicit rewards.
+
+    `rewards/accuracies` scores a tie as 0.5: equal rewards express no preference, which is
+    a coin flip, not a mistake. So a policy equal to its reference scores exactly 0.5.
+    """
+    chosen_rewards = chosen_rewards.detach()
+    rejected_rewards = rejected_rewards.detach()
+    accuracy = (chosen_rewards > rejected_rewards).float() \
+        + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": accuracy,
+    }

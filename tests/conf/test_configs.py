@@ -1,0 +1,67 @@
+"""Every config composes, every objective trains two steps, and typos are errors."""
+
+import csv
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from prefopt import registry
+from prefopt.train import train
+
+SCHEMA = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+          "rewards/accuracies", "logps/chosen", "logps/rejected", "kl", "entropy"}
+
+
+@pytest.mark.parametrize("name", sorted(registry.discover()))
+def test_every_objective_trains_two_steps(compose, fast_overrides, name, tmp_path):
+    cfg = compose(f"objective={name}", *fast_overrides, "export_policy=false")
+    assert cfg.objective.name == name
+    result = train(cfg)
+    assert result["end"]["val/loss"] == result["end"]["val/loss"]  # finite, not NaN
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        columns = set(next(csv.reader(f)))
+    assert {f"val/{m}" for m in SCHEMA} <= columns
+    assert {f"train/{m}" for m in SCHEMA} <= columns
+
+
+@pytest.mark.parametrize("group,options", [("model", ["tiny", "hf"]),
+                                           ("data", ["synthetic", "files"]),
+                                           ("scheduler", ["cosine", "constant"])])
+def test_every_group_option_composes(compose, group, options):
+    for option in options:
+        cfg = compose(f"{group}={option}")
+        assert group in cfg
+
+
+def test_typo_in_objective_key_names_it(compose):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("objective.betaa=1")
+    assert "betaa" in str(err.value.__cause__ or err.value)
+
+
+@pytest.mark.parametrize("override,key", [("trainer.max_stepss=3", "max_stepss"),
+                                          ("data.max_lenght=3", "max_lenght"),
+                                          ("model.tiny.hiden_size=3", "hiden_size"),
+                                          ("sed=3", "sed")])
+def test_typo_anywhere_is_an_error(compose, override, key):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(override)
+    assert key in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_is_an_error(compose):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("objective.beta=high")
+    assert "beta" in str(err.value.__cause__ or err.value)
+
+
+def test_unknown_objective_lists_available(compose):
+    with pytest.raises(MissingConfigException) as err:
+        compose("objective=nosuch")
+    message = str(err.value)
+    assert "nosuch" in message and "dpo" in message and "ipo" in message
+
+
+def test_ipo_override(compose):
+    cfg = compose("objective=ipo", "objective.beta=0.5")
+    assert cfg.objective.name == "ipo" and cfg.objective.beta == 0.5

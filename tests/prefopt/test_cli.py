@@ -1,0 +1,82 @@
+"""The console scripts as a user runs them: exit codes, messages, outputs on disk."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false", "data.synthetic.n_train=64",
+        "data.synthetic.n_val=16", "data.batch_size=8"]
+
+
+def run(*args, cwd=None, env=None, script="prefopt-train"):
+    return subprocess.run([str(BIN / script), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_typo_names_the_key(tmp_path):
+    result = run("objective.betaa=1", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "betaa" in result.stderr
+
+
+def test_unknown_objective_lists_the_available_ones(tmp_path):
+    result = run("objective=nosuch", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "nosuch" in result.stderr
+    assert "Available options in 'objective'" in result.stderr
+    assert "dpo" in result.stderr and "ipo" in result.stderr
+
+
+def test_help_and_cfg_job(tmp_path):
+    help_text = run("--help", cwd=tmp_path).stdout
+    assert "prefopt-train" in help_text and "objective: dpo, ipo" in help_text
+    job = run("--cfg", "job", "objective=ipo", cwd=tmp_path)
+    assert job.returncode == 0 and "name: ipo" in job.stdout
+
+
+def test_plugins_lists_builtins():
+    result = run(script="prefopt-plugins")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "distribution", "batch", "format", "description"]
+    dpo = next(line for line in lines if line.startswith("dpo "))
+    assert "prefopt 0.1.0" in dpo and "pairwise" in dpo
+
+
+def test_bad_data_file_fails_naming_file_line_field(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "sort 21", "chosen": "12", "rejected": "21"})
+    data.write_text("\n".join([good] * 6 + ['{"prompt": "sort 1", "chosen": "1"}']) + "\n")
+    result = run(f"data.path={data}", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{data}:7: field 'rejected': missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_ipo_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    result = run("objective=ipo", "objective.beta=0.5", *FAST, f"output_dir={out}",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/rewards/accuracies went from 0.50" in result.stdout
+    config = (out / "config.yaml").read_text()
+    assert "name: ipo" in config and "beta: 0.5" in config
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert "val/rewards/accuracies" in rows[0] and "train/loss" in rows[0]
+    assert {p.name for p in (out / "checkpoints").iterdir()} >= {"last.ckpt"}
+    assert any(p.name.startswith("best-step") for p in (out / "checkpoints").iterdir())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "policy")
+    tokenizer = AutoTokenizer.from_pretrained(out / "policy")
+    assert model.config.vocab_size == len(tokenizer)
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["train"]["kept"] == 64 and report["val"]["kept"] == 16

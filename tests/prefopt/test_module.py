@@ -1,0 +1,44 @@
+"""PreferenceModule: metrics schema, non-finite detection, optimizer groups."""
+
+import pytest
+import torch
+
+from prefopt.data.collate import collate_pairs
+from prefopt.data.records import PairwiseRecord
+from prefopt.data.tokenize import PairEncoder, TokenizeConfig
+from prefopt.models import make_reference
+from prefopt.module import NonFiniteError, OptimizerConfig, PreferenceModule, SchedulerConfig
+from prefopt.plugins.dpo import DPO
+
+
+def batch(tokenizer):
+    records = [PairwiseRecord("sort 21", "12", "21", "r0"), PairwiseRecord("sort 9", "9", "8",
+                                                                           "r1")]
+    pairs, _ = PairEncoder(tokenizer, TokenizeConfig()).encode_all(records)
+    return collate_pairs(pairs, tokenizer.pad_token_id)
+
+
+def module_for(model, **dpo):
+    objective = DPO(DPO.Config(name="dpo", **dpo))
+    reference = make_reference(model) if objective.needs().reference else None
+    return PreferenceModule(model, reference, objective, OptimizerConfig(), SchedulerConfig(),
+                            logprob_impl="torch")
+
+
+def test_non_finite_loss_names_step_and_metric(tiny_model, tokenizer):
+    module = module_for(tiny_model)
+    with torch.no_grad():
+        tiny_model.get_output_embeddings().weight[3, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^train/loss became nan at step 0"):
+        module._step(batch(tokenizer), "train")
+
+
+def test_reference_free_loads_no_reference(tiny_model):
+    module = module_for(tiny_model, reference_free=True)
+    assert module.reference is None
+
+
+def test_reference_required(tiny_model):
+    with pytest.raises(ValueError, match="needs a reference model"):
+        PreferenceModule(tiny_model, None, DPO(DPO.Config(name="dpo")), OptimizerConfig(),
+                         SchedulerConfig())
