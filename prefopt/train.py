@@ -27,11 +27,14 @@ SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "va
                 "val/logps/chosen", "val/logps/rejected", "val/entropy")
 
 
-# Two Lightning warnings that this design triggers on purpose: the frozen reference sits
-# in eval mode, and the run directory already holds config.yaml when the CSV logger starts
-# (it only ever replaces its own metrics.csv).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+def _quiet_expected_warnings() -> None:
+    """Two Lightning warnings this design triggers on purpose: the frozen reference sits in
+    eval mode, and the run directory already holds config.yaml when the CSV logger starts
+    (it only ever replaces its own metrics.csv)."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* is not empty")
 
 
 def _write_json(path: Path, payload) -> None:
@@ -67,6 +70,12 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     _write_json(out / "data_report.json",
                 {name: report.as_dict() for name, report in datamodule.reports.items()})
 
+    with warnings.catch_warnings():
+        _quiet_expected_warnings()
+        return _fit(cfg, out, module, datamodule, tokenizer)
+
+
+def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, float]]:
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=MONITOR, mode="max",
                                   save_top_k=1, save_last=True, filename="best-step{step}",
                                   auto_insert_metric_name=False)

@@ -20,7 +20,7 @@ OPERATIONS = {
 
 @dataclass
 class SyntheticConfig:
-    n_train: int = 4000
+    n_train: int = 20000
     """Training pairs."""
     n_val: int = 256
     """Validation pairs, on prompts never seen in training."""

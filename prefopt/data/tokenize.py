@@ -103,27 +103,32 @@ class PairEncoder:
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
 
     # -- rendering ------------------------------------------------------------------------
-    def _ids(self, text: str, special: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+    def _messages(self, record: PairwiseRecord, completion: Text) -> tuple[list, list]:
+        if record.conversational:
+            return record.prompt, completion
+        return [{"role": "user", "content": record.prompt}], \
+            [{"role": "assistant", "content": completion}]
 
-    def _render(self, record: PairwiseRecord, completion: Text) -> tuple[str, str]:
-        """(prompt text, completion text) of one side of the pair."""
-        if self._uses_template(record):
-            if not self.has_template:
-                raise RecordError(record.where, "the tokenizer has no chat template; set "
-                                  "data.chat_template=false for plain-string records", "prompt")
-            prompt_msgs = record.prompt if record.conversational else \
-                [{"role": "user", "content": record.prompt}]
-            answer_msgs = completion if record.conversational else \
-                [{"role": "assistant", "content": completion}]
-            apply = self.tokenizer.apply_chat_template
-            prompt_text = apply(prompt_msgs, add_generation_prompt=True, tokenize=False)
+    def _render(self, record: PairwiseRecord) -> tuple[str, str, str]:
+        """(prompt, chosen, rejected) texts; the completions exclude the prompt's rendering."""
+        if not self._uses_template(record):
+            eos = self.tokenizer.eos_token or ""
+            return record.prompt, record.chosen + eos, record.rejected + eos
+        if not self.has_template:
+            raise RecordError(record.where, "the tokenizer has no chat template; set "
+                              "data.chat_template=false for plain-string records", "prompt")
+        apply = self.tokenizer.apply_chat_template
+        prompt_msgs, _ = self._messages(record, record.chosen)
+        prompt_text = apply(prompt_msgs, add_generation_prompt=True, tokenize=False)
+        completions = []
+        for side in ("chosen", "rejected"):
+            _, answer_msgs = self._messages(record, getattr(record, side))
             full_text = apply(prompt_msgs + answer_msgs, tokenize=False)
             if not full_text.startswith(prompt_text):
                 raise RecordError(record.where, "the chat template renders the prompt "
-                                  "differently once a completion follows it", "prompt")
-            return prompt_text, full_text[len(prompt_text):]
-        return record.prompt, completion + (self.tokenizer.eos_token or "")
+                                  "differently once a completion follows it", side)
+            completions.append(full_text[len(prompt_text):])
+        return prompt_text, completions[0], completions[1]
 
     # -- the rules ------------------------------------------------------------------------
     def _apply(self, rule: Rule, reason: str, where: str, field: str, report: DataReport
@@ -143,23 +148,19 @@ class PairEncoder:
     def _uses_template(self, record: PairwiseRecord) -> bool:
         return record.conversational or self.cfg.chat_template
 
-    def encode(self, record: PairwiseRecord, report: DataReport) -> EncodedPair | None:
-        cfg, where = self.cfg, record.where
-        report.records += 1
+    def _admissible(self, record: PairwiseRecord, report: DataReport) -> bool:
+        """The rules that look at the text: empty completions, identical pairs."""
         for side in ("chosen", "rejected"):
-            if _is_empty(getattr(record, side)) and \
-                    self._apply(cfg.on_empty_completion, "empty completion", where, side, report):
-                return None
-        if record.chosen == record.rejected and \
-                self._apply(cfg.on_identical_pair, "identical pair", where, "rejected", report):
-            return None
+            if _is_empty(getattr(record, side)) and self._apply(
+                    self.cfg.on_empty_completion, "empty completion", record.where, side, report):
+                return False
+        return not (record.chosen == record.rejected and self._apply(
+            self.cfg.on_identical_pair, "identical pair", record.where, "rejected", report))
 
-        prompt_text, chosen_text = self._render(record, record.chosen)
-        _, rejected_text = self._render(record, record.rejected)
-        # Chat templates write their own BOS; plain text gets the tokenizer's specials.
-        prompt = self._ids(prompt_text, special=not self._uses_template(record))
-        chosen, rejected = self._ids(chosen_text, False), self._ids(rejected_text, False)
-
+    def _fit(self, record: PairwiseRecord, prompt: list[int], chosen: list[int],
+             rejected: list[int], report: DataReport) -> EncodedPair | None:
+        """The rules that look at token counts: truncation and over-long prompts."""
+        cfg, where = self.cfg, record.where
         if cfg.max_prompt_length is not None and len(prompt) > cfg.max_prompt_length:
             prompt = self._cut_prompt(prompt, cfg.max_prompt_length)
             report.truncated["prompt"] += 1
@@ -175,10 +176,32 @@ class PairEncoder:
             if chosen == rejected and \
                     self._apply(cfg.on_identical_pair, "identical pair", where, "rejected", report):
                 return None
-        report.kept += 1
         return EncodedPair(prompt, chosen, rejected)
 
     def encode_all(self, records: list[PairwiseRecord]) -> tuple[list[EncodedPair], DataReport]:
-        report = DataReport()
-        encoded = [self.encode(r, report) for r in records]
-        return [e for e in encoded if e is not None], report
+        """Encode in order; returns the kept pairs and the report of what the rules did."""
+        report = DataReport(records=len(records))
+        admitted = [r for r in records if self._admissible(r, report)]
+        texts = [self._render(r) for r in admitted]
+        # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
+        # Chat templates write their own BOS; plain-text prompts get the tokenizer's.
+        no_specials = [False] * len(admitted)
+        prompts = self._batch_ids([t[0] for t in texts],
+                                  [not self._uses_template(r) for r in admitted])
+        chosen = self._batch_ids([t[1] for t in texts], no_specials)
+        rejected = self._batch_ids([t[2] for t in texts], no_specials)
+        pairs = [self._fit(*row, report) for row in zip(admitted, prompts, chosen, rejected)]
+        kept = [p for p in pairs if p is not None]
+        report.kept = len(kept)
+        return kept, report
+
+    def _batch_ids(self, texts: list[str], specials: list[bool]) -> list[list[int]]:
+        """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS)."""
+        out: list[list[int]] = [[] for _ in texts]
+        for flag in (False, True):
+            index = [i for i, special in enumerate(specials) if special == flag]
+            if index:
+                batch = self.tokenizer([texts[i] for i in index], add_special_tokens=flag)
+                for i, ids in zip(index, batch["input_ids"]):
+                    out[i] = ids
+        return out
