@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, PreTrainedModel)
 
 from prefopt import tiny
 
@@ -58,15 +59,25 @@ def build_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def build_policy(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
+def build_policy(cfg: ModelConfig, tokenizer, reward_head: bool = False) -> PreTrainedModel:
+    """The model to train: a causal LM, or with `reward_head` a scalar-head reward model
+    (a sequence classifier with one output, read at the last non-padding token)."""
+    auto = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
+    head_kwargs = {"num_labels": 1} if reward_head else {}
     if cfg.name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
+            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
+            **head_kwargs)
     else:
         config = tiny.build_config(tokenizer, **vars(cfg.tiny))
         config._attn_implementation = cfg.attn_implementation
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.dtype))
+        for key, value in head_kwargs.items():
+            setattr(config, key, value)
+        model = auto.from_config(config, dtype=getattr(torch, cfg.dtype))
+    if reward_head and model.config.pad_token_id is None:
+        # The head reads the last token that is not padding; it must know which that is.
+        model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     disable_dropout(model)

@@ -15,8 +15,12 @@ import pytorch_lightning as pl
 import torch
 from transformers import get_scheduler
 
-from prefopt.logprobs import completion_logps
-from prefopt.objective import Objective, PairwiseLogps
+from prefopt.data.collate import MISMATCHED_SLOT
+from prefopt.logprobs import SequenceLogps, completion_logps
+from prefopt.objective import (BatchFormat, Objective, PairwiseLogps, PairwiseScores,
+                               RankedLogps, RankedScores, UnpairedLogps)
+
+_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
 @dataclass
@@ -60,44 +64,107 @@ class PreferenceModule(pl.LightningModule):
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.logprob_impl = logprob_impl
 
-    def _logps(self, model, batch, grad: bool):
+    def _logps(self, model, batch, grad: bool) -> SequenceLogps:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             return completion_logps(model, batch, impl=self.logprob_impl,
                                     entropy_grad=grad and self.needs.entropy,
                                     token_level=self.needs.token_logps)
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        n_pairs = batch["input_ids"].shape[0] // 2
-        chosen, rejected = slice(0, n_pairs), slice(n_pairs, None)
-        policy = self._logps(self.policy, batch, grad=True)
-        reference = self._logps(self.reference, batch, grad=False) \
-            if self.reference is not None else None
-        out = self.objective.loss(PairwiseLogps(
-            chosen=policy.logps[chosen], rejected=policy.logps[rejected],
-            chosen_tokens=policy.tokens[chosen], rejected_tokens=policy.tokens[rejected],
-            ref_chosen=reference.logps[chosen] if reference is not None else None,
-            ref_rejected=reference.logps[rejected] if reference is not None else None))
+    def _ratio_mean_across_devices(self, batch) -> torch.Tensor:
+        """Mean Σ log π/π_ref over the mismatched rows, detached, over all devices."""
+        with torch.no_grad():
+            ratio = self._logps(self.policy, batch, grad=False).logps \
+                - self._logps(self.reference, batch, grad=False).logps
+            total = torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()),
+                                                           device=ratio.device)])
+            trainer = self._trainer  # None outside a Trainer (unit tests, conformance kit)
+            if trainer is not None and trainer.world_size > 1:
+                total = trainer.strategy.reduce(total, reduce_op="sum")
+            return total[0] / total[1]
 
-        # Per-pair metrics (weighted by pairs) and token-weighted entropy.
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        slot = batch["slot"]
+        mismatched = slot == MISMATCHED_SLOT
+        rows = {k: v[~mismatched] for k, v in batch.items() if k in _ROW_KEYS}
+        slot, group, ranks = slot[~mismatched], batch["group"][~mismatched], \
+            batch["ranks"][~mismatched]
+        n_groups = int(group.max()) + 1
+        fmt = self.objective.batch_format
+
+        if self.needs.reward_model:
+            scores = self.policy(input_ids=rows["input_ids"],
+                                 attention_mask=rows["attention_mask"]).logits[:, 0].float()
+            inputs = PairwiseScores(scores[slot == 0], scores[slot == 1], batch["margins"]) \
+                if fmt == BatchFormat.PAIRWISE else RankedScores(scores, ranks, group)
+            out = self.objective.loss(inputs)
+            metrics = {"loss": out.loss.detach(), **out.metrics}
+            return self._log(metrics, stage, n_groups, out.loss)
+
+        policy = self._logps(self.policy, rows, grad=True)
+        reference = self._logps(self.reference, rows, grad=False) \
+            if self.reference is not None else None
+        ref_logps = reference.logps if reference is not None else None
+        best, worst = self._best_and_worst(slot, group, ranks, batch, fmt)
+        if fmt == BatchFormat.PAIRWISE:
+            c, r = slot == 0, slot == 1
+            inputs = PairwiseLogps(
+                chosen=policy.logps[c], rejected=policy.logps[r],
+                chosen_tokens=policy.tokens[c], rejected_tokens=policy.tokens[r],
+                ref_chosen=ref_logps[c] if reference is not None else None,
+                ref_rejected=ref_logps[r] if reference is not None else None)
+        elif fmt == BatchFormat.UNPAIRED:
+            kl_ratio = None
+            if self.needs.mismatched_pairs:
+                kl_ratio = self._ratio_mean_across_devices(
+                    {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
+            inputs = UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref_logps,
+                                   kl_ratio)
+        elif fmt == BatchFormat.RANKED:
+            inputs = RankedLogps(policy.logps, policy.tokens, ranks, group, ref_logps)
+        else:
+            raise ValueError(f"PreferenceModule does not feed {fmt.value} batches")
+        out = self.objective.loss(inputs)
+
         metrics = {"loss": out.loss.detach(), **out.metrics,
-                   "logps/chosen": policy.logps[chosen].detach(),
-                   "logps/rejected": policy.logps[rejected].detach()}
+                   "logps/chosen": policy.logps[best].detach(),
+                   "logps/rejected": policy.logps[worst].detach()}
         if reference is not None:
-            # Σ_t log π/π_ref on the data's completions, averaged over the pair's two:
-            # the k1 estimate of the sequence KL (exact in expectation on samples of π).
-            ratio = (policy.logps - reference.logps).detach()
-            metrics["kl"] = (ratio[chosen] + ratio[rejected]) / 2
+            # Σ_t log π/π_ref on the data's completions: the k1 estimate of the sequence KL
+            # (exact in expectation on samples of π), averaged over completions.
+            metrics["kl"] = (policy.logps - reference.logps).detach()
+        n_tokens = int(policy.tokens.sum())
+        self.log(f"{stage}/entropy", policy.entropy.detach().sum() / max(n_tokens, 1),
+                 batch_size=max(n_tokens, 1), on_step=stage == "train",
+                 on_epoch=stage != "train", sync_dist=stage != "train")
+        return self._log(metrics, stage, n_groups, out.loss)
+
+    @staticmethod
+    def _best_and_worst(slot, group, ranks, batch, fmt):
+        """Row masks of the preferred and dispreferred completions, for logps/* metrics."""
+        if fmt == BatchFormat.UNPAIRED:
+            labels = batch["labels"][group]
+            return labels, ~labels
+        if fmt == BatchFormat.RANKED:
+            n = int(group.max()) + 1
+            top = torch.full((n,), torch.iinfo(ranks.dtype).max, dtype=ranks.dtype,
+                             device=ranks.device).scatter_reduce(0, group, ranks, "amin")
+            bottom = torch.full_like(top, torch.iinfo(ranks.dtype).min).scatter_reduce(
+                0, group, ranks, "amax")
+            return ranks == top[group], ranks == bottom[group]
+        return slot == 0, slot == 1
+
+    def _log(self, metrics: dict[str, torch.Tensor], stage: str, n_groups: int,
+             loss: torch.Tensor) -> torch.Tensor:
+        # A batch may hold no example of a kind (e.g. no undesirable completion): skip the
+        # metric for this batch rather than log the NaN of an empty mean.
+        metrics = {k: v for k, v in metrics.items() if v.numel() > 0}
         self._check_finite(metrics, stage)
         on_step = stage == "train"
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value.float().mean(), batch_size=n_pairs,
+            self.log(f"{stage}/{name}", value.float().mean(), batch_size=n_groups,
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
                      prog_bar=name in ("loss", "rewards/accuracies"))
-        n_tokens = int(policy.tokens.sum())
-        self.log(f"{stage}/entropy", policy.entropy.detach().sum() / max(n_tokens, 1),
-                 batch_size=max(n_tokens, 1), on_step=on_step, on_epoch=not on_step,
-                 sync_dist=not on_step)
-        return out.loss
+        return loss
 
     def _check_finite(self, metrics: dict[str, torch.Tensor], stage: str) -> None:
         # One device sync for all metrics; the loss comes first, so it is named first.

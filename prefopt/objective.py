@@ -43,6 +43,8 @@ class Needs:
     reference: bool = True  # log-probs under a frozen reference model
     token_logps: bool = False  # per-token log-probs, not only sums over the completion
     entropy: bool = False  # per-token entropy with gradient (it is always logged, detached)
+    mismatched_pairs: bool = False  # log-ratios of (prompt_i, completion_i+1): KL estimates
+    reward_model: bool = False  # train a scalar-head reward model: loss() gets scores
 
 
 @dataclass
@@ -66,6 +68,47 @@ class PairwiseLogps:
     rejected_tokens: torch.Tensor  # [B]
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
+
+
+@dataclass
+class UnpairedLogps:
+    """B unpaired completions with their desirability labels."""
+
+    logps: torch.Tensor  # [B] Σ_t log π(y_t | x, y_<t)
+    tokens: torch.Tensor  # [B]
+    labels: torch.Tensor  # [B] bool, True = desirable
+    ref_logps: torch.Tensor | None = None
+    # Mean over mismatched (x_i, y_i+1) pairs of Σ_t log π/π_ref, detached and averaged
+    # across devices; None unless the objective declares `mismatched_pairs`.
+    kl_ratio: torch.Tensor | None = None
+
+
+@dataclass
+class RankedLogps:
+    """M completions of G prompts; `group` says which prompt, `ranks` how good (lower is
+    better, equal is a tie)."""
+
+    logps: torch.Tensor  # [M]
+    tokens: torch.Tensor  # [M]
+    ranks: torch.Tensor  # [M]
+    group: torch.Tensor  # [M] in [0, G)
+    ref_logps: torch.Tensor | None = None
+
+
+@dataclass
+class PairwiseScores:
+    """Scalar rewards r(x, y) of B pairs from a reward model under training."""
+
+    chosen: torch.Tensor  # [B]
+    rejected: torch.Tensor  # [B]
+    margins: torch.Tensor  # [B] the records' `margin` (0 where none was given)
+
+
+@dataclass
+class RankedScores:
+    scores: torch.Tensor  # [M]
+    ranks: torch.Tensor  # [M]
+    group: torch.Tensor  # [M]
 
 
 @dataclass
@@ -99,9 +142,17 @@ class Objective(abc.ABC):
     def needs(self) -> Needs:
         return Needs()
 
+    def check_data(self, train_groups: list) -> None:
+        """Look at the encoded training data once before training (e.g. to warn about class
+        balance). The default accepts anything."""
+
     @abc.abstractmethod
-    def loss(self, inputs: PairwiseLogps) -> LossOutput:
-        """The loss and metrics of one batch (pure tensor math, no model calls)."""
+    def loss(self, inputs) -> LossOutput:
+        """The loss and metrics of one batch (pure tensor math, no model calls).
+
+        `inputs` is PairwiseLogps, UnpairedLogps or RankedLogps by `batch_format`, or
+        PairwiseScores / RankedScores when `needs().reward_model`.
+        """
 
 
 def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor

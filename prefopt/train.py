@@ -23,6 +23,7 @@ from prefopt.objective import BatchFormat
 log = logging.getLogger(__name__)
 
 MONITOR = "val/rewards/accuracies"
+FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
 SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/kl",
                 "val/logps/chosen", "val/logps/rejected", "val/entropy")
 
@@ -44,15 +45,18 @@ def _write_json(path: Path, payload) -> None:
 def build(cfg: DictConfig):
     """(module, datamodule, tokenizer) for a composed config."""
     objective = registry.build(OmegaConf.to_object(cfg.objective))
-    if objective.batch_format != BatchFormat.PAIRWISE:
+    needs = objective.needs()
+    if objective.batch_format not in FED_FORMATS:
         raise registry.PluginError(
             f"objective '{objective.config.name}' consumes {objective.batch_format.value} "
-            "records; this version of prefopt-train feeds pairwise records only")
+            f"records; prefopt-train feeds {', '.join(f.value for f in FED_FORMATS)}")
     model_cfg = OmegaConf.to_object(cfg.model)
     tokenizer = build_tokenizer(model_cfg)
-    policy = build_policy(model_cfg, tokenizer)
-    reference = make_reference(policy) if objective.needs().reference else None
-    datamodule = PreferenceDataModule(OmegaConf.to_object(cfg.data), tokenizer, seed=cfg.seed)
+    policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
+    reference = make_reference(policy) if needs.reference else None
+    datamodule = PreferenceDataModule(OmegaConf.to_object(cfg.data), tokenizer,
+                                      fmt=objective.batch_format.value,
+                                      mismatched=needs.mismatched_pairs, seed=cfg.seed)
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
                               OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl)
     return module, datamodule, tokenizer
@@ -67,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
     module, datamodule, tokenizer = build(cfg)
     datamodule.setup("fit")
+    module.objective.check_data(datamodule.groups["train"])
     _write_json(out / "data_report.json",
                 {name: report.as_dict() for name, report in datamodule.reports.items()})
 

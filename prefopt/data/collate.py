@@ -1,27 +1,53 @@
-"""Collating encoded pairs: chosen and rejected stacked into one batch for one forward."""
+"""Collating encoded groups into one batch: every completion of every prompt in one forward.
+
+Rows are group-major: the completions of group 0 (for a pair: chosen, then rejected), then
+those of group 1, and so on. `group` and `slot` say which prompt and which completion each
+row is. With `mismatched=True` one more row per group pairs its prompt with the first
+completion of the next group (slot -1): KTO's estimate of the KL reference point.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from prefopt.data.tokenize import EncodedPair
+from prefopt.data.tokenize import EncodedGroup
+
+MISMATCHED_SLOT = -1
 
 
-def collate_pairs(pairs: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors of 2B rows: rows [0, B) are prompt+chosen, [B, 2B) prompt+rejected.
-
-    `completion_mask` marks the completion tokens: the only tokens whose log-probabilities
-    count. Prompt and padding tokens are context or nothing.
-    """
-    sequences = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
-    prompt_lengths = [len(p.prompt) for p in pairs] * 2
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, (seq, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
-        input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, :len(seq)] = 1
-        completion_mask[row, n_prompt:len(seq)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "completion_mask": completion_mask}
+def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    rows: list[tuple[list[int], list[int]]] = []
+    group_index, slot_index, ranks = [], [], []
+    for g, group in enumerate(groups):
+        for s, completion in enumerate(group.completions):
+            rows.append((group.prompt, completion))
+            group_index.append(g)
+            slot_index.append(s)
+            ranks.append(group.ranks[s] if group.ranks is not None else 0)
+    if mismatched:
+        if len(groups) < 2:
+            raise ValueError("a batch of 1 cannot form mismatched prompt/completion pairs "
+                             "(KTO's KL estimate): use data.batch_size >= 2")
+        for g, group in enumerate(groups):
+            rows.append((group.prompt, groups[(g + 1) % len(groups)].completions[0]))
+            group_index.append(g)
+            slot_index.append(MISMATCHED_SLOT)
+            ranks.append(0)
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, (prompt, completion) in enumerate(rows):
+        length = len(prompt) + len(completion)
+        input_ids[row, :length] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[row, :length] = 1
+        completion_mask[row, len(prompt):length] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "completion_mask": completion_mask, "group": torch.tensor(group_index),
+             "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks)}
+    if groups and groups[0].label is not None:
+        batch["labels"] = torch.tensor([bool(g.label) for g in groups])
+    batch["margins"] = torch.tensor([g.margin if g.margin is not None else 0.0 for g in groups],
+                                    dtype=torch.float32)
+    return batch

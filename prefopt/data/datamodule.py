@@ -12,9 +12,9 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from prefopt.data import synthetic
-from prefopt.data.collate import collate_pairs
-from prefopt.data.records import PairwiseRecord, parse_pairwise, read_pairwise
-from prefopt.data.tokenize import DataReport, EncodedPair, PairEncoder, TokenizeConfig
+from prefopt.data.collate import collate_groups
+from prefopt.data.records import PARSERS, Record, read_records, unpair
+from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,18 @@ class DataConfig(TokenizeConfig):
     """Validation records; empty: `val_split` of `path`, or `val_fraction` held out."""
     val_split: Optional[str] = None
     val_fraction: float = 0.05
+    unpair: bool = False
+    """Read pairwise records and split each into a desirable and an undesirable one
+    (for objectives on unpaired records, such as KTO)."""
     batch_size: int = 32
-    """Pairs per micro-batch (each pair is two sequences)."""
+    """Records per micro-batch (a pair is two sequences, a ranking K)."""
     val_batch_size: Optional[int] = None
     shuffle: bool = True
     synthetic: synthetic.SyntheticConfig = field(default_factory=synthetic.SyntheticConfig)
 
 
-def _held_out(records: list[PairwiseRecord], fraction: float, seed: int
-              ) -> tuple[list[PairwiseRecord], list[PairwiseRecord]]:
+def _held_out(records: list[Record], fraction: float, seed: int
+              ) -> tuple[list[Record], list[Record]]:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
     order = list(range(len(records)))
@@ -47,42 +50,65 @@ def _held_out(records: list[PairwiseRecord], fraction: float, seed: int
     return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
 
 
-def load_splits(cfg: DataConfig, seed: int) -> dict[str, list[PairwiseRecord]]:
+def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]:
+    """Train and val records in format `fmt`, the one the objective consumes."""
+    source = fmt
+    if cfg.unpair:
+        if fmt != "unpaired":
+            raise ValueError(f"data.unpair=true turns pairwise records into unpaired ones, "
+                             f"but the objective consumes {fmt} records")
+        source = "pairwise"
     if cfg.path is None:
-        return {name: [parse_pairwise(f"synthetic {name} record {i}", raw)
-                       for i, raw in enumerate(rows)]
-                for name, rows in synthetic.pairwise_splits(cfg.synthetic).items()}
-    train = read_pairwise(cfg.path, cfg.split)
-    if cfg.val_path is not None:
-        return {"train": train, "val": read_pairwise(cfg.val_path, cfg.val_split or "train")}
-    if cfg.val_split is not None:
-        return {"train": train, "val": read_pairwise(cfg.path, cfg.val_split)}
-    train, val = _held_out(train, cfg.val_fraction, seed)
-    return {"train": train, "val": val}
+        parse = PARSERS[source]
+        loaded = {name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
+                  for name, rows in synthetic.splits(cfg.synthetic, source).items()}
+    else:
+        train = read_records(cfg.path, source, cfg.split)
+        if cfg.val_path is not None:
+            val = read_records(cfg.val_path, source, cfg.val_split or "train")
+        elif cfg.val_split is not None:
+            val = read_records(cfg.path, source, cfg.val_split)
+        else:
+            train, val = _held_out(train, cfg.val_fraction, seed)
+        loaded = {"train": train, "val": val}
+    if cfg.unpair:
+        loaded = {name: unpair(records) for name, records in loaded.items()}
+    return loaded
 
 
 class PreferenceDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, tokenizer, seed: int = 0):
+    """Records of the objective's format -> encoded groups -> batches."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, fmt: str = "pairwise",
+                 mismatched: bool = False, seed: int = 0):
         super().__init__()
-        self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
-        self.pairs: dict[str, list[EncodedPair]] = {}
+        if mismatched and cfg.batch_size < 2:
+            raise ValueError("this objective estimates its KL reference point from mismatched "
+                             "prompt/completion pairs inside a batch, which a batch of 1 "
+                             f"cannot form: set data.batch_size >= 2 (got {cfg.batch_size})")
+        self.cfg, self.tokenizer, self.fmt, self.seed = cfg, tokenizer, fmt, seed
+        self.mismatched = mismatched
+        self.groups: dict[str, list[EncodedGroup]] = {}
         self.reports: dict[str, DataReport] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.pairs:
+        if self.groups:
             return  # validate-then-fit calls setup twice; the data are the same
-        encoder = PairEncoder(self.tokenizer, self.cfg)
-        for name, records in load_splits(self.cfg, self.seed).items():
-            pairs, report = encoder.encode_all(records)
-            if not pairs:
-                raise ValueError(f"no usable {name} pairs left: {report.summary()}")
-            self.pairs[name], self.reports[name] = pairs, report
+        encoder = Encoder(self.tokenizer, self.cfg)
+        for name, records in load_splits(self.cfg, self.fmt, self.seed).items():
+            groups, report = encoder.encode_all(records)
+            if len(groups) < (2 if self.mismatched else 1):
+                raise ValueError(f"too few usable {name} records: {report.summary()}")
+            self.groups[name], self.reports[name] = groups, report
             log.info("data %s: %s", name, report.summary())
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        collate = functools.partial(collate_pairs, pad_id=self.tokenizer.pad_token_id)
-        return DataLoader(self.pairs[name], batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=collate, drop_last=False)
+        collate = functools.partial(collate_groups, pad_id=self.tokenizer.pad_token_id,
+                                    mismatched=self.mismatched)
+        # Mismatched pairs need two records in every batch: never leave a batch of one.
+        drop_last = self.mismatched and len(self.groups[name]) % batch_size == 1
+        return DataLoader(self.groups[name], batch_size=batch_size, shuffle=shuffle,
+                          collate_fn=collate, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.cfg.batch_size, self.cfg.shuffle)

@@ -1,8 +1,14 @@
 """Reading preference records from JSONL, JSON, Parquet or a `datasets` dataset.
 
-Pairwise records follow TRL's conventions: `{prompt, chosen, rejected}` where every field
-is either a plain string or a list of chat messages `{"role": ..., "content": ...}`.
-Every record is checked as it is read; a bad one raises `RecordError` naming the source,
+Formats follow TRL's conventions; every prompt and completion is either a plain string or
+a list of chat messages `{"role": ..., "content": ...}`:
+
+- pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength)
+- unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
+- ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
+            equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
+
+All become a `Record`: a prompt with its completions. Every record is checked as it is read; a bad one raises `RecordError` naming the source,
 the line (JSONL) or record index, and the field. Nothing is skipped silently, so a
 malformed line can never shift the data.
 """
@@ -31,15 +37,39 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
-class PairwiseRecord:
+class Record:
+    """A prompt with its completions and what the format says about them."""
+
     prompt: Text
-    chosen: Text
-    rejected: Text
+    completions: tuple[Text, ...]  # pairwise: (chosen, rejected)
     where: str  # "file.jsonl:7", for messages about this record later on
+    label: bool | None = None  # unpaired: is the completion desirable
+    ranks: tuple[int, ...] | None = None  # ranked: lower is better; pairwise: (0, 1)
+    margin: float | None = None  # pairwise: optional preference strength
+    kind: str = "pairwise"  # pairwise | unpaired | ranked
+
+    def completion_field(self, index: int) -> str:
+        """The record field that holds completion `index`, for error messages."""
+        if self.kind == "pairwise":
+            return ("chosen", "rejected")[index]
+        return "completion" if self.kind == "unpaired" else f"completions[{index}]"
 
     @property
     def conversational(self) -> bool:
         return isinstance(self.prompt, list)
+
+    @property
+    def chosen(self) -> Text:
+        return self.completions[0]
+
+    @property
+    def rejected(self) -> Text:
+        return self.completions[1]
+
+
+def pairwise_record(prompt: Text, chosen: Text, rejected: Text, where: str,
+                    margin: float | None = None) -> Record:
+    return Record(prompt, (chosen, rejected), where, ranks=(0, 1), margin=margin)
 
 
 def iter_raw(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
@@ -118,21 +148,106 @@ def _check_text(where: str, field: str, value: Any) -> Text:
     raise RecordError(where, f"expected a string or a list of chat messages, got {kind}", field)
 
 
-def parse_pairwise(where: str, raw: Any) -> PairwiseRecord:
+def _require(where: str, raw: Any, fields: tuple[str, ...]) -> None:
     if not isinstance(raw, dict):
-        raise RecordError(where, f"expected an object with fields {PAIRWISE_FIELDS}, "
+        raise RecordError(where, f"expected an object with fields {fields}, "
                           f"got {type(raw).__name__}")
-    for field in PAIRWISE_FIELDS:
+    for field in fields:
         if field not in raw or raw[field] is None:
             raise RecordError(where, "missing", field)
-    values = {f: _check_text(where, f, raw[f]) for f in PAIRWISE_FIELDS}
-    kinds = {f: isinstance(v, list) for f, v in values.items()}
+
+
+def _same_form(where: str, fields: dict[str, Text]) -> None:
+    """Prompt and completions must all be strings or all be message lists."""
+    kinds = {f: isinstance(v, list) for f, v in fields.items()}
     if len(set(kinds.values())) > 1:
-        odd = [f for f in PAIRWISE_FIELDS if kinds[f] != kinds["prompt"]][0]
+        odd = [f for f in fields if kinds[f] != kinds["prompt"]][0]
         raise RecordError(where, "mixes plain strings and chat messages; give every field "
                           "in the same form", odd)
-    return PairwiseRecord(where=where, **values)
 
 
-def read_pairwise(path: str, split: str = "train") -> list[PairwiseRecord]:
-    return [parse_pairwise(where, raw) for where, raw in iter_raw(path, split)]
+def parse_pairwise(where: str, raw: Any) -> Record:
+    _require(where, raw, PAIRWISE_FIELDS)
+    values = {f: _check_text(where, f, raw[f]) for f in PAIRWISE_FIELDS}
+    _same_form(where, values)
+    margin = raw.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise RecordError(where, f"expected a number, got {margin!r}", "margin")
+    return pairwise_record(values["prompt"], values["chosen"], values["rejected"], where,
+                           None if margin is None else float(margin))
+
+
+def parse_unpaired(where: str, raw: Any) -> Record:
+    _require(where, raw, ("prompt", "completion", "label"))
+    values = {f: _check_text(where, f, raw[f]) for f in ("prompt", "completion")}
+    _same_form(where, values)
+    if not isinstance(raw["label"], bool):
+        raise RecordError(where, f"expected a boolean (true = desirable), got {raw['label']!r}",
+                          "label")
+    return Record(values["prompt"], (values["completion"],), where, label=raw["label"],
+                  kind="unpaired")
+
+
+def _check_rank(where: str, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(where, f"expected an integer rank, got {value!r}", field)
+    return value
+
+
+def parse_ranked(where: str, raw: Any) -> Record:
+    if isinstance(raw, dict) and "answers" in raw and "completions" not in raw:
+        return _parse_nectar(where, raw)
+    _require(where, raw, ("prompt", "completions", "ranks"))
+    prompt = _check_text(where, "prompt", raw["prompt"])
+    completions, ranks = raw["completions"], raw["ranks"]
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise RecordError(where, "a ranking needs a list of at least 2 completions", "completions")
+    if not isinstance(ranks, list) or len(ranks) != len(completions):
+        raise RecordError(where, f"expected a list of {len(completions)} ranks, one per "
+                          f"completion, got {ranks!r}", "ranks")
+    texts = tuple(_check_text(where, f"completions[{i}]", c) for i, c in enumerate(completions))
+    _same_form(where, {"prompt": prompt, **{f"completions[{i}]": t for i, t in enumerate(texts)}})
+    return Record(prompt, texts, where, kind="ranked",
+                  ranks=tuple(_check_rank(where, f"ranks[{i}]", r) for i, r in enumerate(ranks)))
+
+
+def _parse_nectar(where: str, raw: dict) -> Record:
+    _require(where, raw, ("prompt", "answers"))
+    prompt = _check_text(where, "prompt", raw["prompt"])
+    answers = raw["answers"]
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise RecordError(where, "a ranking needs a list of at least 2 answers", "answers")
+    texts, ranks = [], []
+    for i, answer in enumerate(answers):
+        if not isinstance(answer, dict):
+            raise RecordError(where, "expected an object {answer, rank}", f"answers[{i}]")
+        for key in ("answer", "rank"):
+            if answer.get(key) is None:
+                raise RecordError(where, "missing", f"answers[{i}].{key}")
+        texts.append(_check_text(where, f"answers[{i}].answer", answer["answer"]))
+        ranks.append(_check_rank(where, f"answers[{i}].rank", answer["rank"]))
+    _same_form(where, {"prompt": prompt, **{f"answers[{i}].answer": t for i, t in enumerate(texts)}})
+    return Record(prompt, tuple(texts), where, ranks=tuple(ranks), kind="ranked")
+
+
+PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": parse_ranked}
+
+
+def read_records(path: str, fmt: str, split: str = "train") -> list[Record]:
+    """Every record of `path` in format `fmt` (pairwise | unpaired | ranked), checked."""
+    if fmt not in PARSERS:
+        raise ValueError(f"no reader for {fmt!r} records; known: {sorted(PARSERS)}")
+    parse = PARSERS[fmt]
+    return [parse(where, raw) for where, raw in iter_raw(path, split)]
+
+
+def read_pairwise(path: str, split: str = "train") -> list[Record]:
+    return read_records(path, "pairwise", split)
+
+
+def unpair(records: list[Record]) -> list[Record]:
+    """Pairwise -> unpaired: each pair gives a desirable and an undesirable completion."""
+    return [Record(r.prompt, (completion,), f"{r.where} ({side})", label=side == "chosen",
+                   kind="unpaired")
+            for r in records for side, completion in (("chosen", r.chosen),
+                                                      ("rejected", r.rejected))]

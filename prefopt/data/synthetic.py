@@ -29,6 +29,10 @@ class SyntheticConfig:
     operations: list[str] = field(default_factory=lambda: list(OPERATIONS))
     seed: int = 1234
     """Seed of the task's generator (independent of the training seed)."""
+    k: int = 4
+    """Candidates per prompt in rankings."""
+    desirable_fraction: float = 0.5
+    """Share of unpaired records whose completion is the correct answer."""
 
 
 def make_prompt(operation: str, digits: str) -> str:
@@ -99,8 +103,7 @@ def _prompts(n: int, cfg: SyntheticConfig, rng: random.Random, exclude: set[str]
     return prompts
 
 
-def pairwise_splits(cfg: SyntheticConfig) -> dict[str, list[dict[str, str]]]:
-    """{"train": [...], "val": [...]} of {prompt, chosen, rejected} records."""
+def _check(cfg: SyntheticConfig) -> None:
     unknown = set(cfg.operations) - set(OPERATIONS)
     if unknown or not cfg.operations:
         raise ValueError(f"data.synthetic.operations: unknown {sorted(unknown)}; "
@@ -108,11 +111,54 @@ def pairwise_splits(cfg: SyntheticConfig) -> dict[str, list[dict[str, str]]]:
     if not 2 <= cfg.min_digits <= cfg.max_digits:
         raise ValueError("data.synthetic needs 2 <= min_digits <= max_digits, got "
                          f"{cfg.min_digits}, {cfg.max_digits}")
+    if cfg.k < 2:
+        raise ValueError(f"data.synthetic.k must be >= 2, got {cfg.k}")
+
+
+def _split_prompts(cfg: SyntheticConfig, rng: random.Random) -> dict[str, list[str]]:
+    val = _prompts(cfg.n_val, cfg, rng, exclude=set())
+    return {"val": val, "train": _prompts(cfg.n_train, cfg, rng, exclude=set(val))}
+
+
+def _pair(prompt: str, rng: random.Random) -> dict:
+    return {"prompt": prompt, "chosen": solve(prompt), "rejected": _wrong_answer(prompt, rng)}
+
+
+def _unpaired(prompt: str, rng: random.Random, cfg: SyntheticConfig) -> dict:
+    desirable = rng.random() < cfg.desirable_fraction
+    completion = solve(prompt) if desirable else _wrong_answer(prompt, rng)
+    return {"prompt": prompt, "completion": completion, "label": desirable}
+
+
+def _ranking(prompt: str, rng: random.Random, cfg: SyntheticConfig) -> dict:
+    """K distinct candidates, the right answer among them, ranked by `score` (ties share)."""
+    candidates = [solve(prompt)]
+    for _ in range(100 * cfg.k):
+        if len(candidates) == cfg.k:
+            break
+        wrong = _wrong_answer(prompt, rng)
+        if wrong not in candidates:
+            candidates.append(wrong)
+    rng.shuffle(candidates)
+    scores = [score(prompt, c) for c in candidates]
+    distinct = sorted(set(scores), reverse=True)
+    return {"prompt": prompt, "completions": candidates,
+            "ranks": [distinct.index(s) + 1 for s in scores]}  # 1 = best, as in Nectar
+
+
+def splits(cfg: SyntheticConfig, fmt: str = "pairwise") -> dict[str, list[dict]]:
+    """{"train": [...], "val": [...]} raw records of format `fmt` (pairwise | unpaired |
+    ranked), on disjoint prompts, reproducible from `cfg.seed`."""
+    _check(cfg)
     rng = random.Random(cfg.seed)
-    val_prompts = _prompts(cfg.n_val, cfg, rng, exclude=set())
-    train_prompts = _prompts(cfg.n_train, cfg, rng, exclude=set(val_prompts))
+    make = {"pairwise": lambda p: _pair(p, rng),
+            "unpaired": lambda p: _unpaired(p, rng, cfg),
+            "ranked": lambda p: _ranking(p, rng, cfg)}
+    if fmt not in make:
+        raise ValueError(f"the synthetic task has no {fmt!r} records; it has {sorted(make)}")
+    return {name: [make[fmt](p) for p in prompts]
+            for name, prompts in _split_prompts(cfg, rng).items()}
 
-    def pair(prompt: str) -> dict[str, str]:
-        return {"prompt": prompt, "chosen": solve(prompt), "rejected": _wrong_answer(prompt, rng)}
 
-    return {"train": [pair(p) for p in train_prompts], "val": [pair(p) for p in val_prompts]}
+def pairwise_splits(cfg: SyntheticConfig) -> dict[str, list[dict]]:
+    return splits(cfg, "pairwise")

@@ -1,7 +1,8 @@
-"""Tokenising preference pairs: chat template, prompt/completion split, truncation rules.
+"""Tokenising records: chat template, prompt/completion split, truncation rules.
 
-A pair becomes three token lists: the prompt (its tokens are context, never trained on)
-and the two completions. With a chat template, a string record is the conversation
+A record becomes token lists: the prompt (its tokens are context, never trained on) and
+its completions (two for a pair, one for an unpaired record, K for a ranking). With a chat
+template, a string record is the conversation
 [user: prompt] -> [assistant: completion]; message records are used as they are. The
 completion's tokens are the template's rendering of the whole conversation minus the
 rendering of the prompt with the generation prompt, as TRL does.
@@ -11,9 +12,10 @@ Declared rules, each applied and counted in a `DataReport`:
 - completions are cut at the end so that prompt + completion fits `max_length`;
 - `on_overlong_prompt`: a prompt that leaves no room for any completion token
   (error | skip | truncate: cut it to `max_prompt_length`, or to max_length // 2);
-- `on_empty_completion`: a chosen or rejected completion with no text (error | skip);
-- `on_identical_pair`: chosen and rejected the same, as text or after truncation, which
-  carries no preference signal (error | skip | keep).
+- `on_empty_completion`: a completion with no text (error | skip | keep);
+- `on_identical_pair`: two completions with different preference (chosen and rejected, or
+  different ranks) that are the same, as text or after truncation: no signal, or a
+  contradiction (error | skip | keep).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 
-from prefopt.data.records import PairwiseRecord, RecordError, Text
+from prefopt.data.records import Record, RecordError, Text
 
 
 class Rule(str, enum.Enum):
@@ -53,10 +55,22 @@ class TokenizeConfig:
 
 
 @dataclass(frozen=True)
-class EncodedPair:
+class EncodedGroup:
+    """A tokenised record: its prompt, its completions, and the record's preference data."""
+
     prompt: list[int]
-    chosen: list[int]
-    rejected: list[int]
+    completions: tuple[list[int], ...]
+    label: bool | None = None
+    ranks: tuple[int, ...] | None = None
+    margin: float | None = None
+
+    @property
+    def chosen(self) -> list[int]:  # pairwise records
+        return self.completions[0]
+
+    @property
+    def rejected(self) -> list[int]:
+        return self.completions[1]
 
 
 @dataclass
@@ -73,7 +87,7 @@ class DataReport:
                 "truncated": dict(self.truncated)}
 
     def summary(self) -> str:
-        parts = [f"{self.kept}/{self.records} pairs kept"]
+        parts = [f"{self.kept}/{self.records} records kept"]
         parts += [f"skipped {n} ({why})" for why, n in sorted(self.skipped.items())]
         parts += [f"truncated {n} ({what})" for what, n in sorted(self.truncated.items())]
         return ", ".join(parts)
@@ -85,8 +99,13 @@ def _is_empty(text: Text) -> bool:
     return all(not m["content"].strip() for m in text)
 
 
-class PairEncoder:
-    """Turns `PairwiseRecord`s into `EncodedPair`s under a `TokenizeConfig`."""
+def _conflicting(record: Record, i: int, j: int) -> bool:
+    """Completions i and j are meant to be preferred differently."""
+    return record.ranks is not None and record.ranks[i] != record.ranks[j]
+
+
+class Encoder:
+    """Turns `Record`s into `EncodedGroup`s under a `TokenizeConfig`."""
 
     def __init__(self, tokenizer, cfg: TokenizeConfig):
         if cfg.max_prompt_length is not None and cfg.max_prompt_length >= cfg.max_length:
@@ -103,32 +122,32 @@ class PairEncoder:
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
 
     # -- rendering ------------------------------------------------------------------------
-    def _messages(self, record: PairwiseRecord, completion: Text) -> tuple[list, list]:
-        if record.conversational:
-            return record.prompt, completion
-        return [{"role": "user", "content": record.prompt}], \
-            [{"role": "assistant", "content": completion}]
+    def _uses_template(self, record: Record) -> bool:
+        return record.conversational or self.cfg.chat_template
 
-    def _render(self, record: PairwiseRecord) -> tuple[str, str, str]:
-        """(prompt, chosen, rejected) texts; the completions exclude the prompt's rendering."""
+    def _render(self, record: Record) -> tuple[str, list[str]]:
+        """(prompt text, completion texts); completions exclude the prompt's rendering."""
         if not self._uses_template(record):
             eos = self.tokenizer.eos_token or ""
-            return record.prompt, record.chosen + eos, record.rejected + eos
+            return record.prompt, [c + eos for c in record.completions]
         if not self.has_template:
             raise RecordError(record.where, "the tokenizer has no chat template; set "
                               "data.chat_template=false for plain-string records", "prompt")
         apply = self.tokenizer.apply_chat_template
-        prompt_msgs, _ = self._messages(record, record.chosen)
+        prompt_msgs = record.prompt if record.conversational else \
+            [{"role": "user", "content": record.prompt}]
         prompt_text = apply(prompt_msgs, add_generation_prompt=True, tokenize=False)
         completions = []
-        for side in ("chosen", "rejected"):
-            _, answer_msgs = self._messages(record, getattr(record, side))
+        for i, completion in enumerate(record.completions):
+            answer_msgs = completion if record.conversational else \
+                [{"role": "assistant", "content": completion}]
             full_text = apply(prompt_msgs + answer_msgs, tokenize=False)
             if not full_text.startswith(prompt_text):
                 raise RecordError(record.where, "the chat template renders the prompt "
-                                  "differently once a completion follows it", side)
+                                  "differently once a completion follows it",
+                                  record.completion_field(i))
             completions.append(full_text[len(prompt_text):])
-        return prompt_text, completions[0], completions[1]
+        return prompt_text, completions
 
     # -- the rules ------------------------------------------------------------------------
     def _apply(self, rule: Rule, reason: str, where: str, field: str, report: DataReport
@@ -142,23 +161,30 @@ class PairEncoder:
             return True
         return False
 
+    def _identical(self, record: Record, completions, report: DataReport) -> bool:
+        n = len(completions)
+        for i in range(n):
+            for j in range(i + 1, n):
+                if completions[i] == completions[j] and _conflicting(record, i, j) and \
+                        self._apply(self.cfg.on_identical_pair, "identical pair", record.where,
+                                    record.completion_field(j), report):
+                    return True
+        return False
+
+    def _admissible(self, record: Record, report: DataReport) -> bool:
+        """The rules that look at the text: empty completions, identical pairs."""
+        for i, completion in enumerate(record.completions):
+            if _is_empty(completion) and self._apply(
+                    self.cfg.on_empty_completion, "empty completion", record.where,
+                    record.completion_field(i), report):
+                return False
+        return not self._identical(record, record.completions, report)
+
     def _cut_prompt(self, prompt: list[int], limit: int) -> list[int]:
         return prompt[-limit:] if self.cfg.truncation_side == Side.left else prompt[:limit]
 
-    def _uses_template(self, record: PairwiseRecord) -> bool:
-        return record.conversational or self.cfg.chat_template
-
-    def _admissible(self, record: PairwiseRecord, report: DataReport) -> bool:
-        """The rules that look at the text: empty completions, identical pairs."""
-        for side in ("chosen", "rejected"):
-            if _is_empty(getattr(record, side)) and self._apply(
-                    self.cfg.on_empty_completion, "empty completion", record.where, side, report):
-                return False
-        return not (record.chosen == record.rejected and self._apply(
-            self.cfg.on_identical_pair, "identical pair", record.where, "rejected", report))
-
-    def _fit(self, record: PairwiseRecord, prompt: list[int], chosen: list[int],
-             rejected: list[int], report: DataReport) -> EncodedPair | None:
+    def _fit(self, record: Record, prompt: list[int], completions: list[list[int]],
+             report: DataReport) -> EncodedGroup | None:
         """The rules that look at token counts: truncation and over-long prompts."""
         cfg, where = self.cfg, record.where
         if cfg.max_prompt_length is not None and len(prompt) > cfg.max_prompt_length:
@@ -170,28 +196,28 @@ class PairEncoder:
             prompt = self._cut_prompt(prompt, cfg.max_prompt_length or cfg.max_length // 2)
             report.truncated["prompt"] += 1
         room = cfg.max_length - len(prompt)
-        if len(chosen) > room or len(rejected) > room:
-            chosen, rejected = chosen[:room], rejected[:room]
+        if any(len(c) > room for c in completions):
+            completions = [c[:room] for c in completions]
             report.truncated["completion"] += 1
-            if chosen == rejected and \
-                    self._apply(cfg.on_identical_pair, "identical pair", where, "rejected", report):
+            if self._identical(record, completions, report):
                 return None
-        return EncodedPair(prompt, chosen, rejected)
+        return EncodedGroup(prompt, tuple(completions), label=record.label, ranks=record.ranks,
+                            margin=record.margin)
 
-    def encode_all(self, records: list[PairwiseRecord]) -> tuple[list[EncodedPair], DataReport]:
-        """Encode in order; returns the kept pairs and the report of what the rules did."""
+    def encode_all(self, records: list[Record]) -> tuple[list[EncodedGroup], DataReport]:
+        """Encode in order; returns the kept groups and the report of what the rules did."""
         report = DataReport(records=len(records))
         admitted = [r for r in records if self._admissible(r, report)]
         texts = [self._render(r) for r in admitted]
         # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
         # Chat templates write their own BOS; plain-text prompts get the tokenizer's.
-        no_specials = [False] * len(admitted)
         prompts = self._batch_ids([t[0] for t in texts],
                                   [not self._uses_template(r) for r in admitted])
-        chosen = self._batch_ids([t[1] for t in texts], no_specials)
-        rejected = self._batch_ids([t[2] for t in texts], no_specials)
-        pairs = [self._fit(*row, report) for row in zip(admitted, prompts, chosen, rejected)]
-        kept = [p for p in pairs if p is not None]
+        flat = [c for t in texts for c in t[1]]
+        flat_ids = iter(self._batch_ids(flat, [False] * len(flat)))
+        completions = [[next(flat_ids) for _ in t[1]] for t in texts]
+        groups = [self._fit(*row, report) for row in zip(admitted, prompts, completions)]
+        kept = [g for g in groups if g is not None]
         report.kept = len(kept)
         return kept, report
 

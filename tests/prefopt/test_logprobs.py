@@ -3,18 +3,18 @@
 import pytest
 import torch
 
-from prefopt.data.collate import collate_pairs
-from prefopt.data.records import PairwiseRecord
-from prefopt.data.tokenize import PairEncoder, TokenizeConfig
+from prefopt.data.collate import collate_groups
+from prefopt.data.records import pairwise_record
+from prefopt.data.tokenize import Encoder, TokenizeConfig
 from prefopt.logprobs import completion_logps, lm_head_weight
 from prefopt.models import ModelConfig, TinyModelConfig, build_policy, make_reference
 from prefopt.plugins.dpo import dpo_loss
 
 
 def batch_of(tokenizer, pairs):
-    records = [PairwiseRecord(p, c, r, where=f"test {i}") for i, (p, c, r) in enumerate(pairs)]
-    encoded, _ = PairEncoder(tokenizer, TokenizeConfig()).encode_all(records)
-    return collate_pairs(encoded, pad_id=tokenizer.pad_token_id)
+    records = [pairwise_record(p, c, r, where=f"test {i}") for i, (p, c, r) in enumerate(pairs)]
+    encoded, _ = Encoder(tokenizer, TokenizeConfig()).encode_all(records)
+    return collate_groups(encoded, pad_id=tokenizer.pad_token_id)
 
 
 PAIRS = [("sort 5213", "1235", "1253"), ("reverse 90817", "71809", "7180"),
@@ -41,11 +41,11 @@ def test_dpo_step_matches_logits_path(tokenizer, tied):
         for p in policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
     batch = batch_of(tokenizer, PAIRS)
-    n = len(PAIRS)
 
     def dpo(logps_policy, logps_ref):
-        return dpo_loss(logps_policy[:n], logps_policy[n:], logps_ref[:n], logps_ref[n:],
-                        beta=0.1)[0].mean()
+        # Rows are group-major: chosen_0, rejected_0, chosen_1, ...
+        return dpo_loss(logps_policy[0::2], logps_policy[1::2], logps_ref[0::2],
+                        logps_ref[1::2], beta=0.1)[0].mean()
 
     with torch.no_grad():
         ref_plain = logits_path(reference, batch)
@@ -63,7 +63,7 @@ def test_dpo_step_matches_logits_path(tokenizer, tied):
     assert loss_fused.item() == pytest.approx(loss_plain.item(), rel=1e-5)
     for g_fused, g_plain in zip(grads_fused, grads_plain):
         torch.testing.assert_close(g_fused.double(), g_plain.double(), rtol=1e-4, atol=1e-6)
-    assert fused.tokens.tolist() == [5, 6, 3, 5, 5, 2]  # answer + <|end|>
+    assert fused.tokens.tolist() == [5, 5, 6, 5, 3, 2]  # answer + <|end|>
 
 
 def test_entropy_matches_full_distribution(tiny_model, tokenizer):
@@ -81,8 +81,8 @@ def test_padding_does_not_change_logps(tiny_model, tokenizer):
     with torch.no_grad():
         alone = completion_logps(tiny_model, batch_of(tokenizer, PAIRS[2:]), impl="torch")
         padded = completion_logps(tiny_model, batch_of(tokenizer, PAIRS), impl="torch")
-    # Row order is [chosen_0..chosen_2, rejected_0..rejected_2]; pair 2 is the shortest.
-    torch.testing.assert_close(padded.logps[[2, 5]], alone.logps, rtol=1e-5, atol=1e-5)
+    # Rows are [chosen_0, rejected_0, chosen_1, ...]; pair 2 (rows 4, 5) is the shortest.
+    torch.testing.assert_close(padded.logps[[4, 5]], alone.logps, rtol=1e-5, atol=1e-5)
 
 
 def test_token_level_logps_sum_to_sequence(tiny_model, tokenizer):

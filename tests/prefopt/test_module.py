@@ -3,19 +3,19 @@
 import pytest
 import torch
 
-from prefopt.data.collate import collate_pairs
-from prefopt.data.records import PairwiseRecord
-from prefopt.data.tokenize import PairEncoder, TokenizeConfig
+from prefopt.data.collate import collate_groups
+from prefopt.data.records import pairwise_record
+from prefopt.data.tokenize import Encoder, TokenizeConfig
 from prefopt.models import make_reference
 from prefopt.module import NonFiniteError, OptimizerConfig, PreferenceModule, SchedulerConfig
 from prefopt.plugins.dpo import DPO
 
 
 def batch(tokenizer):
-    records = [PairwiseRecord("sort 21", "12", "21", "r0"), PairwiseRecord("sort 9", "9", "8",
+    records = [pairwise_record("sort 21", "12", "21", "r0"), pairwise_record("sort 9", "9", "8",
                                                                            "r1")]
-    pairs, _ = PairEncoder(tokenizer, TokenizeConfig()).encode_all(records)
-    return collate_pairs(pairs, tokenizer.pad_token_id)
+    pairs, _ = Encoder(tokenizer, TokenizeConfig()).encode_all(records)
+    return collate_groups(pairs, tokenizer.pad_token_id)
 
 
 def module_for(model, **dpo):

@@ -2,17 +2,17 @@
 
 import pytest
 
-from prefopt.data.collate import collate_pairs
-from prefopt.data.records import PairwiseRecord, RecordError
-from prefopt.data.tokenize import PairEncoder, Rule, TokenizeConfig
+from prefopt.data.collate import collate_groups
+from prefopt.data.records import RecordError, pairwise_record
+from prefopt.data.tokenize import Encoder, Rule, TokenizeConfig
 
 
 def rec(prompt="sort 321", chosen="123", rejected="132", where="t.jsonl:1"):
-    return PairwiseRecord(prompt=prompt, chosen=chosen, rejected=rejected, where=where)
+    return pairwise_record(prompt=prompt, chosen=chosen, rejected=rejected, where=where)
 
 
 def encode(tokenizer, record, **cfg):
-    encoder = PairEncoder(tokenizer, TokenizeConfig(**cfg))
+    encoder = Encoder(tokenizer, TokenizeConfig(**cfg))
     return encoder.encode_all([record])
 
 
@@ -44,7 +44,7 @@ def test_plain_text_without_template(tokenizer):
 
 def test_collate_masks_only_completion_tokens(tokenizer):
     (pair,), _ = encode(tokenizer, rec(rejected="1"))
-    batch = collate_pairs([pair], pad_id=tokenizer.pad_token_id)
+    batch = collate_groups([pair], pad_id=tokenizer.pad_token_id)
     n_prompt = len(pair.prompt)
     assert batch["input_ids"].shape == (2, n_prompt + len(pair.chosen))
     chosen_mask, rejected_mask = batch["completion_mask"].tolist()
@@ -119,6 +119,6 @@ def test_identical_after_truncation_is_caught(tokenizer):
 
 def test_rule_that_does_not_apply_is_refused(tokenizer):
     with pytest.raises(ValueError, match="data.on_empty_completion must be one of"):
-        PairEncoder(tokenizer, TokenizeConfig(on_empty_completion=Rule.truncate))
+        Encoder(tokenizer, TokenizeConfig(on_empty_completion=Rule.truncate))
     with pytest.raises(ValueError, match="max_prompt_length"):
-        PairEncoder(tokenizer, TokenizeConfig(max_length=10, max_prompt_length=10))
+        Encoder(tokenizer, TokenizeConfig(max_length=10, max_prompt_length=10))
