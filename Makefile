@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 EXTRAS ?= test,bench
 
-.PHONY: venv train test test-fast bench clean
+.PHONY: venv train test test-fast bench bench-report clean
 
 venv: $(STAMP)
 
@@ -35,8 +35,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Kernel microbenchmarks (pytest-benchmark). On a CPU machine: a small smoke test.
 bench: $(STAMP)
-	$(BIN)/pytest benchmarks -q --benchmark-enable $(PYTEST_ARGS)
+	$(BIN)/pytest benchmarks -q --benchmark-enable --benchmark-json=benchmarks/bench.json $(PYTEST_ARGS)
+
+# Benchmarks, then their table in benchmarks/RESULTS.md (and a PNG chart on a GPU).
+bench-report: bench
+	$(BIN)/python benchmarks/report.py benchmarks/bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info outputs multirun .pytest_cache .benchmarks

@@ -34,10 +34,24 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     except ImportError:
         return "the `triton` package is not installed (pip install 'prefopt[triton]')"
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type == "cuda" or interpreting:
+    if device.type == "cuda":
         return None
+    if interpreting:
+        if _interpreter_ready():
+            return None
+        return ("TRITON_INTERPRET=1 was set after triton had been imported; the interpreter "
+                "needs it before `import triton` (set it in the process's environment)")
     return (f"tensors are on '{device}', and Triton runs on CUDA devices only "
             "(or on the CPU under TRITON_INTERPRET=1, for testing)")
+
+
+def _interpreter_ready() -> bool:
+    """Whether this process's triton was imported under TRITON_INTERPRET=1. Kernels alone
+    are not enough: triton's own tl.* helpers (tl.sum, tl.cdiv, ...) are built for the
+    interpreter or the compiler when triton is imported."""
+    import triton.language.standard as standard
+
+    return type(standard.cdiv).__name__ == "InterpretedFunction"
 
 
 def _check_inputs(hidden, weight, targets, temperature):
@@ -62,10 +76,13 @@ def _check_inputs(hidden, weight, targets, temperature):
 
 
 def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100,
-                   return_entropy=False, impl="auto"):
+                   return_entropy=False, impl="auto", fp32_dw_accum=None):
     """log softmax(W h / T)[target] per row, and the entropy of softmax(W h / T) if asked.
 
     Returns a float32 tensor [N], or a pair of them with `return_entropy=True`.
+    `fp32_dw_accum` (Triton path): accumulate dW across row chunks in an fp32 V x H buffer
+    instead of dW's dtype; None takes triton_logprobs.FP32_DW_ACCUMULATION. The torch path
+    always accumulates in fp32.
     """
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
@@ -77,7 +94,10 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
         reason = triton_unavailable_reason(hidden.device)
         if reason is not None:
             raise RuntimeError(f"impl='triton' cannot run here: {reason}. Use impl='torch' or 'auto'.")
-        from .triton_logprobs import token_logprobs_triton as run
+        from .triton_logprobs import token_logprobs_triton
+
+        def run(*args, **kwargs):
+            return token_logprobs_triton(*args, fp32_dw_accum=fp32_dw_accum, **kwargs)
     else:
         run = token_logprobs_torch
     # The inputs' dtype is the precision contract; an enclosing autocast region must not

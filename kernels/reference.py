@@ -49,12 +49,15 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         for start in range(0, n_rows, chunk_size):
             rows = slice(start, min(start + chunk_size, n_rows))
             z = (hidden[rows].float() @ w32.T) / temperature
-            chunk_lse = torch.logsumexp(z, dim=-1)
+            # Shift by the row max: H = log s - t/s with s = Σ e^(z-m), t = Σ e^(z-m)(z-m)
+            # is a sum of non-negative terms; lse - Σ p z cancels badly on peaked rows.
+            shifted = z - z.max(dim=-1, keepdim=True).values
+            s = shifted.exp().sum(-1)
+            chunk_lse = z.max(dim=-1).values + s.log()
             lse[rows] = chunk_lse
             logp[rows] = z.gather(1, safe_targets[rows, None]).squeeze(1) - chunk_lse
             if with_entropy:
-                p = torch.exp(z - chunk_lse[:, None])
-                entropy[rows] = chunk_lse - (p * z).sum(-1)
+                entropy[rows] = s.log() - (shifted.exp() * shifted).sum(-1) / s
         logp = torch.where(valid, logp, torch.zeros_like(logp))
         entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
         ctx.save_for_backward(hidden, weight, safe_targets, valid, lse, entropy)
@@ -71,11 +74,12 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             return (None,) * 7
         t = ctx.temperature
         w32 = weight.float()
-        mask = valid.float()
-        g = (grad_logp if grad_logp is not None else torch.zeros_like(lse)) * mask
+        # `where`, not a product with the mask: a NaN upstream on an ignored row stays out.
+        zero = torch.zeros_like(lse)
+        g = torch.where(valid, grad_logp, zero) if grad_logp is not None else zero
         e = None
         if ctx.with_entropy and grad_entropy is not None:
-            e = grad_entropy * mask
+            e = torch.where(valid, grad_entropy, zero)
         grad_hidden = torch.zeros_like(hidden) if need_h else None
         grad_w32 = torch.zeros_like(w32) if need_w else None
         n_rows = hidden.shape[0]

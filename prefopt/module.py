@@ -83,48 +83,24 @@ class PreferenceModule(pl.LightningModule):
             return total[0] / total[1]
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        slot = batch["slot"]
-        mismatched = slot == MISMATCHED_SLOT
+        mismatched = batch["slot"] == MISMATCHED_SLOT
         rows = {k: v[~mismatched] for k, v in batch.items() if k in _ROW_KEYS}
-        slot, group, ranks = slot[~mismatched], batch["group"][~mismatched], \
-            batch["ranks"][~mismatched]
+        slot, group, ranks = (batch[k][~mismatched] for k in ("slot", "group", "ranks"))
         n_groups = int(group.max()) + 1
-        fmt = self.objective.batch_format
-
         if self.needs.reward_model:
-            scores = self.policy(input_ids=rows["input_ids"],
-                                 attention_mask=rows["attention_mask"]).logits[:, 0].float()
-            inputs = PairwiseScores(scores[slot == 0], scores[slot == 1], batch["margins"]) \
-                if fmt == BatchFormat.PAIRWISE else RankedScores(scores, ranks, group)
-            out = self.objective.loss(inputs)
-            metrics = {"loss": out.loss.detach(), **out.metrics}
-            return self._log(metrics, stage, n_groups, out.loss)
+            return self._reward_model_step(batch, rows, slot, group, ranks, stage, n_groups)
 
         policy = self._logps(self.policy, rows, grad=True)
         reference = self._logps(self.reference, rows, grad=False) \
             if self.reference is not None else None
-        ref_logps = reference.logps if reference is not None else None
-        best, worst = self._best_and_worst(slot, group, ranks, batch, fmt)
-        if fmt == BatchFormat.PAIRWISE:
-            c, r = slot == 0, slot == 1
-            inputs = PairwiseLogps(
-                chosen=policy.logps[c], rejected=policy.logps[r],
-                chosen_tokens=policy.tokens[c], rejected_tokens=policy.tokens[r],
-                ref_chosen=ref_logps[c] if reference is not None else None,
-                ref_rejected=ref_logps[r] if reference is not None else None)
-        elif fmt == BatchFormat.UNPAIRED:
-            kl_ratio = None
-            if self.needs.mismatched_pairs:
-                kl_ratio = self._ratio_mean_across_devices(
-                    {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
-            inputs = UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref_logps,
-                                   kl_ratio)
-        elif fmt == BatchFormat.RANKED:
-            inputs = RankedLogps(policy.logps, policy.tokens, ranks, group, ref_logps)
-        else:
-            raise ValueError(f"PreferenceModule does not feed {fmt.value} batches")
-        out = self.objective.loss(inputs)
+        kl_ratio = None
+        if self.needs.mismatched_pairs:
+            kl_ratio = self._ratio_mean_across_devices(
+                {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
+        out = self.objective.loss(self._objective_inputs(batch, slot, group, ranks, policy,
+                                                         reference, kl_ratio))
 
+        best, worst = self._best_and_worst(slot, group, ranks, batch)
         metrics = {"loss": out.loss.detach(), **out.metrics,
                    "logps/chosen": policy.logps[best].detach(),
                    "logps/rejected": policy.logps[worst].detach()}
@@ -138,9 +114,36 @@ class PreferenceModule(pl.LightningModule):
                  on_epoch=stage != "train", sync_dist=stage != "train")
         return self._log(metrics, stage, n_groups, out.loss)
 
-    @staticmethod
-    def _best_and_worst(slot, group, ranks, batch, fmt):
+    def _objective_inputs(self, batch, slot, group, ranks, policy: SequenceLogps,
+                          reference: SequenceLogps | None, kl_ratio):
+        """The log-probs of one batch, shaped as the objective's format expects."""
+        fmt = self.objective.batch_format
+        ref = reference.logps if reference is not None else None
+        if fmt == BatchFormat.PAIRWISE:
+            c, r = slot == 0, slot == 1
+            return PairwiseLogps(chosen=policy.logps[c], rejected=policy.logps[r],
+                                 chosen_tokens=policy.tokens[c], rejected_tokens=policy.tokens[r],
+                                 ref_chosen=ref[c] if ref is not None else None,
+                                 ref_rejected=ref[r] if ref is not None else None)
+        if fmt == BatchFormat.UNPAIRED:
+            return UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref, kl_ratio)
+        if fmt == BatchFormat.RANKED:
+            return RankedLogps(policy.logps, policy.tokens, ranks, group, ref)
+        raise ValueError(f"PreferenceModule does not feed {fmt.value} batches")
+
+    def _reward_model_step(self, batch, rows, slot, group, ranks, stage, n_groups):
+        scores = self.policy(input_ids=rows["input_ids"],
+                             attention_mask=rows["attention_mask"]).logits[:, 0].float()
+        if self.objective.batch_format == BatchFormat.PAIRWISE:
+            inputs = PairwiseScores(scores[slot == 0], scores[slot == 1], batch["margins"])
+        else:
+            inputs = RankedScores(scores, ranks, group)
+        out = self.objective.loss(inputs)
+        return self._log({"loss": out.loss.detach(), **out.metrics}, stage, n_groups, out.loss)
+
+    def _best_and_worst(self, slot, group, ranks, batch):
         """Row masks of the preferred and dispreferred completions, for logps/* metrics."""
+        fmt = self.objective.batch_format
         if fmt == BatchFormat.UNPAIRED:
             labels = batch["labels"][group]
             return labels, ~labels
