@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics)
+                               PairwiseLogps, preference_metrics, require_positive)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor,
@@ -70,8 +70,7 @@ class DPO(Objective):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        if config.beta <= 0:
-            raise ValueError(f"objective.beta must be > 0, got {config.beta}")
+        require_positive(config, "beta")
         if not 0.0 <= config.label_smoothing < 0.5:
             raise ValueError("objective.label_smoothing must be in [0, 0.5), "
                              f"got {config.label_smoothing}")

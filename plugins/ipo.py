@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.objective import (BatchFormat, LossOutput, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics)
+                               PairwiseLogps, preference_metrics, require_positive)
 from prefopt.plugins.dpo import per_token_mean
 
 
@@ -53,8 +53,7 @@ class IPO(Objective):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        if config.beta <= 0:
-            raise ValueError(f"objective.beta (τ) must be > 0, got {config.beta}")
+        require_positive(config, "beta")
 
     def loss(self, inputs: PairwiseLogps) -> LossOutput:
         losses, chosen_rewards, rejected_rewards = ipo_loss(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               UnpairedLogps)
+                               UnpairedLogps, require_positive)
 
 RECOMMENDED_BALANCE = (1.0, 4.0 / 3.0)
 
@@ -71,9 +71,7 @@ class KTO(Objective):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        for field in ("beta", "desirable_weight", "undesirable_weight"):
-            if getattr(config, field) <= 0:
-                raise ValueError(f"objective.{field} must be > 0, got {getattr(config, field)}")
+        require_positive(config, "beta", "desirable_weight", "undesirable_weight")
 
     def needs(self) -> Needs:
         return Needs(reference=True, mismatched_pairs=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.objective import (BatchFormat, LossOutput, Objective, ObjectiveConfig,
-                               RankedLogps)
+                               RankedLogps, require_positive)
 
 
 def plackett_luce_nll(rewards: torch.Tensor, ranks: torch.Tensor, group: torch.Tensor
@@ -86,8 +86,7 @@ class KWise(Objective):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        if config.beta <= 0:
-            raise ValueError(f"objective.beta must be > 0, got {config.beta}")
+        require_positive(config, "beta")
 
     def loss(self, inputs: RankedLogps) -> LossOutput:
         rewards = self.config.beta * (inputs.logps - inputs.ref_logps)

@@ -54,6 +54,14 @@ class ObjectiveConfig:
     name: str = ""
 
 
+def require_positive(config: ObjectiveConfig, *fields: str) -> None:
+    """Refuse a config whose named fields are not > 0, naming the override to fix."""
+    for field_name in fields:
+        value = getattr(config, field_name)
+        if not value > 0:
+            raise ValueError(f"objective.{field_name} must be > 0, got {value}")
+
+
 @dataclass
 class PairwiseLogps:
     """Summed completion log-probabilities of a batch of B preference pairs.
