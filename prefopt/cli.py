@@ -33,25 +33,55 @@ def _train_app(cfg: DictConfig) -> None:
 
 def train_entry() -> None:
     """`prefopt-train [overrides]`: see `prefopt-train --help`."""
+    try:
+        # Read the plugin metadata before Hydra starts, so that two distributions claiming
+        # one objective or preset name is a one-line error rather than a traceback.
+        registry.discover()
+        registry.presets()
+    except registry.PluginError as exc:
+        sys.exit(f"prefopt-train: error: {exc}")
     register_schema()
     registry.register_configs()
-    _train_app()
+    # Hydra's own message lists the options of `objective`; add the closest match.
+    unknown = registry.unknown_objectives(sys.argv[1:])
+    try:
+        _train_app()
+    except SystemExit as exc:
+        if exc.code == 1:  # how Hydra exits after printing a composition error
+            for name in unknown:
+                print(f"prefopt-train: {registry.unknown_name_message(name)}", file=sys.stderr)
+        raise
+
+
+def _describe(cls) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return cls.description or (doc.splitlines()[0] if doc else "")
 
 
 def plugins_entry(argv: list[str] | None = None) -> None:
-    """`prefopt-plugins`: the objectives this installation can train with."""
+    """`prefopt-plugins`: the objectives (and presets) this installation can train with."""
     parser = argparse.ArgumentParser(
         prog="prefopt-plugins",
-        description="List the objectives found through the 'prefopt.objectives' entry points.")
+        description="List the objectives found through the 'prefopt.objectives' entry points "
+                    "and the presets of the 'prefopt.config_paths' ones, with the "
+                    "distribution that provides each.")
     parser.parse_args(argv)
+    try:
+        plugins, presets = registry.discover(), registry.presets()
+    except registry.PluginError as exc:
+        sys.exit(f"prefopt-plugins: error: {exc}")
     rows = [("name", "distribution", "batch format", "description")]
-    for name, info in sorted(registry.discover().items()):
+    for name, info in sorted(plugins.items()):
         try:
-            cls = registry.load(name)
+            cls = registry.load(name)  # a listing: importing every plugin is the point
             rows.append((name, f"{info.distribution} {info.version}", cls.batch_format.value,
-                         cls.description or (cls.__doc__ or "").strip().splitlines()[0]))
+                         _describe(cls)))
         except registry.PluginError as exc:
             rows.append((name, f"{info.distribution} {info.version}", "-", f"BROKEN: {exc}"))
+    for name, preset in sorted(presets.items()):
+        source = preset.source
+        rows.append((name, f"{source.distribution} {source.version}", "preset",
+                     f"values in {preset.file}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])

@@ -47,6 +47,18 @@ class SchedulerConfig:
     """Extra arguments of the schedule, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr."""
 
 
+@dataclass
+class StepData:
+    """Per-row bookkeeping of one batch (mismatched KL rows excluded)."""
+
+    slot: torch.Tensor  # which completion of its prompt each row is
+    group: torch.Tensor  # which prompt
+    ranks: torch.Tensor
+    n_groups: int
+    policy: SequenceLogps | None = None  # None for reward models
+    reference: SequenceLogps | None = None
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or metric became NaN or infinite; training cannot go on meaningfully."""
 
@@ -82,64 +94,67 @@ class PreferenceModule(pl.LightningModule):
                 total = trainer.strategy.reduce(total, reduce_op="sum")
             return total[0] / total[1]
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[object, StepData]:
+        """What `objective.loss` receives for `batch`, and the per-row data behind it.
+
+        The inputs are PairwiseLogps / UnpairedLogps / RankedLogps by the objective's batch
+        format (PairwiseScores / RankedScores for reward models); policy values carry
+        gradients, reference ones do not. The conformance kit (prefopt.testing) uses this
+        to check objectives on exactly what training hands them.
+        """
         mismatched = batch["slot"] == MISMATCHED_SLOT
         rows = {k: v[~mismatched] for k, v in batch.items() if k in _ROW_KEYS}
         slot, group, ranks = (batch[k][~mismatched] for k in ("slot", "group", "ranks"))
-        n_groups = int(group.max()) + 1
-        if self.needs.reward_model:
-            return self._reward_model_step(batch, rows, slot, group, ranks, stage, n_groups)
-
-        policy = self._logps(self.policy, rows, grad=True)
-        reference = self._logps(self.reference, rows, grad=False) \
-            if self.reference is not None else None
-        kl_ratio = None
-        if self.needs.mismatched_pairs:
-            kl_ratio = self._ratio_mean_across_devices(
-                {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
-        out = self.objective.loss(self._objective_inputs(batch, slot, group, ranks, policy,
-                                                         reference, kl_ratio))
-
-        best, worst = self._best_and_worst(slot, group, ranks, batch)
-        metrics = {"loss": out.loss.detach(), **out.metrics,
-                   "logps/chosen": policy.logps[best].detach(),
-                   "logps/rejected": policy.logps[worst].detach()}
-        if reference is not None:
-            # Σ_t log π/π_ref on the data's completions: the k1 estimate of the sequence KL
-            # (exact in expectation on samples of π), averaged over completions.
-            metrics["kl"] = (policy.logps - reference.logps).detach()
-        n_tokens = int(policy.tokens.sum())
-        self.log(f"{stage}/entropy", policy.entropy.detach().sum() / max(n_tokens, 1),
-                 batch_size=max(n_tokens, 1), on_step=stage == "train",
-                 on_epoch=stage != "train", sync_dist=stage != "train")
-        return self._log(metrics, stage, n_groups, out.loss)
-
-    def _objective_inputs(self, batch, slot, group, ranks, policy: SequenceLogps,
-                          reference: SequenceLogps | None, kl_ratio):
-        """The log-probs of one batch, shaped as the objective's format expects."""
+        data = StepData(slot=slot, group=group, ranks=ranks, n_groups=int(group.max()) + 1)
         fmt = self.objective.batch_format
+        if self.needs.reward_model:
+            scores = self.policy(input_ids=rows["input_ids"],
+                                 attention_mask=rows["attention_mask"]).logits[:, 0].float()
+            if fmt == BatchFormat.PAIRWISE:
+                return PairwiseScores(scores[slot == 0], scores[slot == 1],
+                                      batch["margins"]), data
+            return RankedScores(scores, ranks, group), data
+
+        data.policy = policy = self._logps(self.policy, rows, grad=True)
+        data.reference = reference = self._logps(self.reference, rows, grad=False) \
+            if self.reference is not None else None
         ref = reference.logps if reference is not None else None
         if fmt == BatchFormat.PAIRWISE:
             c, r = slot == 0, slot == 1
             return PairwiseLogps(chosen=policy.logps[c], rejected=policy.logps[r],
-                                 chosen_tokens=policy.tokens[c], rejected_tokens=policy.tokens[r],
+                                 chosen_tokens=policy.tokens[c],
+                                 rejected_tokens=policy.tokens[r],
                                  ref_chosen=ref[c] if ref is not None else None,
-                                 ref_rejected=ref[r] if ref is not None else None)
+                                 ref_rejected=ref[r] if ref is not None else None), data
         if fmt == BatchFormat.UNPAIRED:
-            return UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref, kl_ratio)
+            kl_ratio = None
+            if self.needs.mismatched_pairs:
+                kl_ratio = self._ratio_mean_across_devices(
+                    {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
+            return UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref,
+                                 kl_ratio), data
         if fmt == BatchFormat.RANKED:
-            return RankedLogps(policy.logps, policy.tokens, ranks, group, ref)
+            return RankedLogps(policy.logps, policy.tokens, ranks, group, ref), data
         raise ValueError(f"PreferenceModule does not feed {fmt.value} batches")
 
-    def _reward_model_step(self, batch, rows, slot, group, ranks, stage, n_groups):
-        scores = self.policy(input_ids=rows["input_ids"],
-                             attention_mask=rows["attention_mask"]).logits[:, 0].float()
-        if self.objective.batch_format == BatchFormat.PAIRWISE:
-            inputs = PairwiseScores(scores[slot == 0], scores[slot == 1], batch["margins"])
-        else:
-            inputs = RankedScores(scores, ranks, group)
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        inputs, data = self.loss_inputs(batch)
         out = self.objective.loss(inputs)
-        return self._log({"loss": out.loss.detach(), **out.metrics}, stage, n_groups, out.loss)
+        metrics = {"loss": out.loss.detach(), **out.metrics}
+        if data.policy is not None:
+            policy, reference = data.policy, data.reference
+            best, worst = self._best_and_worst(data.slot, data.group, data.ranks, batch)
+            metrics["logps/chosen"] = policy.logps[best].detach()
+            metrics["logps/rejected"] = policy.logps[worst].detach()
+            if reference is not None:
+                # Σ_t log π/π_ref on the data's completions: the k1 estimate of the
+                # sequence KL (exact in expectation on samples of π), per completion.
+                metrics["kl"] = (policy.logps - reference.logps).detach()
+            n_tokens = int(policy.tokens.sum())
+            self.log(f"{stage}/entropy", policy.entropy.detach().sum() / max(n_tokens, 1),
+                     batch_size=max(n_tokens, 1), on_step=stage == "train",
+                     on_epoch=stage != "train", sync_dist=stage != "train")
+        return self._log(metrics, stage, data.n_groups, out.loss)
 
     def _best_and_worst(self, slot, group, ranks, batch):
         """Row masks of the preferred and dispreferred completions, for logps/* metrics."""

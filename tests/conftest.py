@@ -32,7 +32,8 @@ def tiny_model(tokenizer):
 
 @pytest.fixture(scope="session")
 def registered():
-    """The schema and every installed objective, stored in Hydra's ConfigStore."""
+    """The schema in Hydra's ConfigStore, and group `objective` served lazily from the
+    installed objectives' entry points (prefopt.registry.ObjectiveSource)."""
     from prefopt import registry
     from prefopt.config import register_schema
 
