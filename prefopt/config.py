@@ -30,7 +30,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     logger: dict[str, Any] = field(default_factory=dict)
-    """A Lightning logger, instantiated from its `_target_`."""
+    """Lightning loggers by name, each instantiated from its `_target_`."""
     seed: int = 0
     output_dir: str = "${hydra:runtime.output_dir}"
     """Where the run writes config.yaml, metrics.csv, checkpoints/ and policy/."""

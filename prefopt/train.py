@@ -19,6 +19,7 @@ from prefopt.data.datamodule import PreferenceDataModule
 from prefopt.models import build_policy, build_tokenizer, make_reference
 from prefopt.module import PreferenceModule
 from prefopt.objective import BatchFormat
+from prefopt.plots import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=MONITOR, mode="max",
                                   save_top_k=1, save_last=True, filename="best-step{step}",
                                   auto_insert_metric_name=False)
-    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out),
-                         logger=hydra.utils.instantiate(cfg.logger), callbacks=[checkpoints])
+    loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values()]
+    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out), logger=loggers,
+                         callbacks=[checkpoints])
     start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     trainer.fit(module, datamodule=datamodule)
     end = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
@@ -96,6 +98,10 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
             tokenizer.save_pretrained(out / "policy")
         _write_json(out / "summary.json", {"start": start, "end": end,
                                            "steps": trainer.global_step})
+        for logger in trainer.loggers:
+            logger.finalize("success")  # flush metrics.csv before drawing from it
+        if (out / "metrics.csv").exists():
+            plot_curves(out / "metrics.csv", out / "curves.png")
         print_summary(start, end, trainer.global_step, out)
     return {"start": start, "end": end}
 

@@ -30,7 +30,8 @@ def test_every_objective_trains_two_steps(compose, fast_overrides, name, tmp_pat
 
 @pytest.mark.parametrize("group,options", [("model", ["tiny", "hf"]),
                                            ("data", ["synthetic", "files"]),
-                                           ("scheduler", ["cosine", "constant"])])
+                                           ("scheduler", ["cosine", "constant"]),
+                                           ("logger", ["csv", "tensorboard", "wandb"])])
 def test_every_group_option_composes(compose, group, options):
     for option in options:
         cfg = compose(f"{group}={option}")

@@ -12,7 +12,7 @@ import torch
 from prefopt.data.synthetic import SyntheticConfig, splits
 from prefopt.reward import RewardScorer
 
-# The README's documented command: prefopt-train objective=reward_bt (defaults otherwise).
+# The README's documented command: prefopt-train objective=reward_bt trainer.max_steps=3000.
 REWARD_MODEL_STEPS = 3000
 
 
