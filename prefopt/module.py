@@ -141,6 +141,7 @@ class PreferenceModule(pl.LightningModule):
         inputs, data = self.loss_inputs(batch)
         out = self.objective.loss(inputs)
         metrics = {"loss": out.loss.detach(), **out.metrics}
+        weights: dict[str, int] = {}  # metrics not weighted by the number of examples
         if data.policy is not None:
             policy, reference = data.policy, data.reference
             best, worst = self._best_and_worst(data.slot, data.group, data.ranks, batch)
@@ -150,11 +151,11 @@ class PreferenceModule(pl.LightningModule):
                 # Σ_t log π/π_ref on the data's completions: the k1 estimate of the
                 # sequence KL (exact in expectation on samples of π), per completion.
                 metrics["kl"] = (policy.logps - reference.logps).detach()
-            n_tokens = int(policy.tokens.sum())
-            self.log(f"{stage}/entropy", policy.entropy.detach().sum() / max(n_tokens, 1),
-                     batch_size=max(n_tokens, 1), on_step=stage == "train",
-                     on_epoch=stage != "train", sync_dist=stage != "train")
-        return self._log(metrics, stage, data.n_groups, out.loss)
+            n_tokens = max(int(policy.tokens.sum()), 1)
+            # Token-weighted: averaged over tokens, not over examples, across batches too.
+            metrics["entropy"] = policy.entropy.detach().sum() / n_tokens
+            weights["entropy"] = n_tokens
+        return self._log(metrics, stage, weights, data.n_groups, out.loss)
 
     def _best_and_worst(self, slot, group, ranks, batch):
         """Row masks of the preferred and dispreferred completions, for logps/* metrics."""
@@ -171,15 +172,16 @@ class PreferenceModule(pl.LightningModule):
             return ranks == top[group], ranks == bottom[group]
         return slot == 0, slot == 1
 
-    def _log(self, metrics: dict[str, torch.Tensor], stage: str, n_groups: int,
-             loss: torch.Tensor) -> torch.Tensor:
+    def _log(self, metrics: dict[str, torch.Tensor], stage: str, weights: dict[str, int],
+             n_groups: int, loss: torch.Tensor) -> torch.Tensor:
         # A batch may hold no example of a kind (e.g. no undesirable completion): skip the
         # metric for this batch rather than log the NaN of an empty mean.
         metrics = {k: v for k, v in metrics.items() if v.numel() > 0}
         self._check_finite(metrics, stage)
         on_step = stage == "train"
         for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value.float().mean(), batch_size=n_groups,
+            self.log(f"{stage}/{name}", value.float().mean(),
+                     batch_size=weights.get(name, n_groups),
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
                      prog_bar=name in ("loss", "rewards/accuracies"))
         return loss
