@@ -67,3 +67,37 @@ def compose(registered, tmp_path):
                                  overrides=[f"output_dir={tmp_path / 'run'}", *overrides])
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def install_package(tmp_path_factory):
+    """install_package(source_dir) -> site: a local package pip-installed, as a user would,
+    into a temporary --target (no network, no dependencies: prefopt comes from this
+    environment). pip builds in the source tree, so it builds a copy."""
+    import shutil
+    import subprocess
+
+    def _install(source: Path) -> Path:
+        base = tmp_path_factory.mktemp(source.name)
+        copy, site = base / "source", base / "site"
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns(
+            "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+        subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q",
+                        "install", "--no-deps", "--no-build-isolation", "--target", str(site),
+                        str(copy)], check=True, capture_output=True, timeout=300)
+        return site
+
+    return _install
+
+
+@pytest.fixture(scope="session")
+def run_with_site():
+    """run_with_site(site, *args, script="prefopt-train", cwd=None): a console script of
+    this environment with `site` (an install_package target) first on PYTHONPATH."""
+    import subprocess
+
+    def _run(site: Path, *args: str, script: str = "prefopt-train", cwd=None):
+        return subprocess.run([str(BIN / script), *args], capture_output=True, text=True,
+                              cwd=cwd, env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+
+    return _run

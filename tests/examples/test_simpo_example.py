@@ -7,7 +7,6 @@ comes from this environment) and put on PYTHONPATH, so nothing global changes.
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,27 +21,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """(site, source): the example installed into `site`, built from a copy in `source`
-    (pip builds in the source tree; the repository's copy stays clean)."""
-    base = tmp_path_factory.mktemp("simpo")
-    source, site = base / "source", base / "site"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
-        "build", "*.egg-info", "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install",
-                    "--no-deps", "--no-build-isolation", "--target", str(site), str(source)],
-                   check=True, capture_output=True, timeout=300)
-    return site, source
+def installed(install_package):
+    """(site, source): the example installed into `site`, and the copy it was built from."""
+    site = install_package(EXAMPLE)
+    return site, site.parent / "source"
 
 
-def run(installed, *args, script="prefopt-train", cwd=None):
-    site, _ = installed
-    return subprocess.run([str(BIN / script), *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+@pytest.fixture
+def run(installed, run_with_site):
+    def _run(*args, script="prefopt-train", cwd=None):
+        return run_with_site(installed[0], *args, script=script, cwd=cwd)
+
+    return _run
 
 
-def test_prefopt_plugins_shows_it_with_its_distribution(installed):
-    result = run(installed, script="prefopt-plugins")
+def test_prefopt_plugins_shows_it_with_its_distribution(run):
+    result = run(script="prefopt-plugins")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert rows["simpo"].split()[1:4] == ["prefopt-simpo", "0.1.0", "pairwise"]
@@ -50,9 +44,9 @@ def test_prefopt_plugins_shows_it_with_its_distribution(installed):
     assert rows["dpo"].split()[1:3] == ["prefopt", "0.1.0"]
 
 
-def test_prefopt_train_objective_simpo_two_steps(installed, fast_overrides, tmp_path):
+def test_prefopt_train_objective_simpo_two_steps(run, fast_overrides, tmp_path):
     out = tmp_path / "run"
-    result = run(installed, "objective=simpo", "objective.gamma=0.5", *fast_overrides,
+    result = run("objective=simpo", "objective.gamma=0.5", *fast_overrides,
                  "export_policy=false", f"output_dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     config = (out / "config.yaml").read_text()
@@ -63,8 +57,8 @@ def test_prefopt_train_objective_simpo_two_steps(installed, fast_overrides, tmp_
     assert "val/kl" not in columns  # reference-free: no reference model was built
 
 
-def test_preset_composes_with_its_values(installed, tmp_path):
-    result = run(installed, "--cfg", "job", "objective=simpo_llama3_instruct", cwd=tmp_path)
+def test_preset_composes_with_its_values(run, tmp_path):
+    result = run("--cfg", "job", "objective=simpo_llama3_instruct", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: simpo\n  beta: 2.5\n  gamma: 1.375" in result.stdout
 
