@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from prefopt.kernels import token_logprobs
+from prefopt.models import base_model
 
 # Config attributes of architectures whose logits are not plain W h. Such heads would need
 # the transform inside the kernel; refuse them rather than compute wrong log-probs.
@@ -33,6 +34,7 @@ class SequenceLogps:
 
 
 def lm_head_weight(model) -> torch.Tensor:
+    model = base_model(model)  # through a LoRA wrapper to the transformers model
     head = model.get_output_embeddings()
     if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
         raise ValueError(f"{type(model).__name__} has no linear LM head (get_output_embeddings)")
@@ -51,7 +53,8 @@ def lm_head_weight(model) -> torch.Tensor:
 def trunk_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                         ) -> torch.Tensor:
     """Final hidden states [R, T, H] (after the last norm), from the model without its head."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    trunk = base_model(model).base_model  # e.g. LlamaModel: the decoder without its head
+    out = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out[0]
 
 

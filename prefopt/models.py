@@ -31,6 +31,20 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft). With r > 0 only the adapters train, and the reference model is
+    the policy with its adapters disabled: one copy of the base weights, not two."""
+
+    r: int = 0
+    """Adapter rank; 0 trains all weights (no LoRA)."""
+    alpha: float = 16.0
+    dropout: float = 0.0
+    """Adapter dropout; 0 keeps policy and reference log-probs equal at the start."""
+    target_modules: Optional[list[str]] = None
+    """Module names to adapt; empty: every linear layer but the output head."""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: Optional[str] = None
     """Local directory or hub id of a causal LM; empty: the built-in tiny model."""
@@ -45,6 +59,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute the trunk's activations in backward: less memory, about 30% more time."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 def build_tokenizer(cfg: ModelConfig):
@@ -81,7 +96,37 @@ def build_policy(cfg: ModelConfig, tokenizer, reward_head: bool = False) -> PreT
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     disable_dropout(model)
+    if cfg.lora.r > 0:
+        model = add_lora(model, cfg.lora, reward_head)
     return model
+
+
+def add_lora(model: PreTrainedModel, cfg: LoraConfig, reward_head: bool = False):
+    import peft
+
+    if cfg.r < 0:
+        raise ValueError(f"model.lora.r must be >= 0, got {cfg.r}")
+    config = peft.LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules) if cfg.target_modules else "all-linear",
+        # A reward model's scalar head is new: it must train in full, not through adapters.
+        task_type=peft.TaskType.SEQ_CLS if reward_head else peft.TaskType.CAUSAL_LM)
+    return peft.get_peft_model(model, config)
+
+
+def uses_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def base_model(model) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper (with its adapter layers), or `model`."""
+    return model.get_base_model() if uses_lora(model) else model
+
+
+def exportable(model) -> PreTrainedModel:
+    """The model to save_pretrained: LoRA adapters merged into the base weights, so that
+    plain transformers loads it. Merging changes `model` in place: call it last."""
+    return model.merge_and_unload() if uses_lora(model) else model
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -17,6 +17,7 @@ from transformers import get_scheduler
 
 from prefopt.data.collate import MISMATCHED_SLOT
 from prefopt.logprobs import SequenceLogps, completion_logps
+from prefopt.models import uses_lora
 from prefopt.objective import (BatchFormat, Objective, PairwiseLogps, PairwiseScores,
                                RankedLogps, RankedScores, UnpairedLogps)
 
@@ -68,7 +69,9 @@ class PreferenceModule(pl.LightningModule):
                  scheduler: SchedulerConfig, logprob_impl: str = "auto"):
         super().__init__()
         self.needs = objective.needs()
-        if self.needs.reference and reference is None:
+        # With LoRA the reference is the policy with its adapters disabled: no second copy.
+        self.reference_is_base = self.needs.reference and reference is None and uses_lora(policy)
+        if self.needs.reference and reference is None and not self.reference_is_base:
             raise ValueError(f"objective '{objective.config.name}' needs a reference model")
         self.policy = policy
         self.reference = reference if self.needs.reference else None
@@ -82,11 +85,17 @@ class PreferenceModule(pl.LightningModule):
                                     entropy_grad=grad and self.needs.entropy,
                                     token_level=self.needs.token_logps)
 
+    def _reference_logps(self, batch) -> SequenceLogps:
+        if self.reference_is_base:
+            with self.policy.disable_adapter():
+                return self._logps(self.policy, batch, grad=False)
+        return self._logps(self.reference, batch, grad=False)
+
     def _ratio_mean_across_devices(self, batch) -> torch.Tensor:
         """Mean Σ log π/π_ref over the mismatched rows, detached, over all devices."""
         with torch.no_grad():
             ratio = self._logps(self.policy, batch, grad=False).logps \
-                - self._logps(self.reference, batch, grad=False).logps
+                - self._reference_logps(batch).logps
             total = torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()),
                                                            device=ratio.device)])
             trainer = self._trainer  # None outside a Trainer (unit tests, conformance kit)
@@ -116,8 +125,8 @@ class PreferenceModule(pl.LightningModule):
             return RankedScores(scores, ranks, group), data
 
         data.policy = policy = self._logps(self.policy, rows, grad=True)
-        data.reference = reference = self._logps(self.reference, rows, grad=False) \
-            if self.reference is not None else None
+        data.reference = reference = self._reference_logps(rows) \
+            if self.needs.reference else None
         ref = reference.logps if reference is not None else None
         if fmt == BatchFormat.PAIRWISE:
             c, r = slot == 0, slot == 1

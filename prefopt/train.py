@@ -16,7 +16,7 @@ from rich.table import Table
 
 from prefopt import registry
 from prefopt.data.datamodule import PreferenceDataModule
-from prefopt.models import build_policy, build_tokenizer, make_reference
+from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.module import PreferenceModule
 from prefopt.objective import BatchFormat
 from prefopt.plots import plot_curves
@@ -54,7 +54,8 @@ def build(cfg: DictConfig):
     model_cfg = OmegaConf.to_object(cfg.model)
     tokenizer = build_tokenizer(model_cfg)
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
-    reference = make_reference(policy) if needs.reference else None
+    # LoRA: the reference is the policy with adapters disabled (PreferenceModule).
+    reference = make_reference(policy) if needs.reference and not uses_lora(policy) else None
     datamodule = PreferenceDataModule(OmegaConf.to_object(cfg.data), tokenizer,
                                       fmt=objective.batch_format.value,
                                       mismatched=needs.mismatched_pairs, seed=cfg.seed)
@@ -94,7 +95,7 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
 
     if trainer.is_global_zero:
         if cfg.export_policy:
-            module.policy.save_pretrained(out / "policy")
+            exportable(module.policy).save_pretrained(out / "policy")
             tokenizer.save_pretrained(out / "policy")
         _write_json(out / "summary.json", {"start": start, "end": end,
                                            "steps": trainer.global_step})
