@@ -8,8 +8,9 @@ Hydra's struct mode: a new key needs an explicit `+trainer.key=value`.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -17,6 +18,11 @@ from omegaconf import MISSING
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
 from prefopt.module import OptimizerConfig, SchedulerConfig
+
+
+class ReferenceMode(str, enum.Enum):
+    model = "model"  # a frozen reference model computes log-probs at every step
+    cached = "cached"  # computed once before training, stored on disk, reused
 
 
 @dataclass
@@ -36,6 +42,11 @@ class TrainConfig:
     """Where the run writes config.yaml, metrics.csv, checkpoints/ and policy/."""
     logprob_impl: str = "auto"
     """prefopt.kernels implementation: auto (Triton on CUDA, torch elsewhere), triton, torch."""
+    reference: ReferenceMode = ReferenceMode.model
+    """Reference log-probs: `model` (every step) or `cached` (once, on disk; the reference
+    model is not kept in memory for training)."""
+    reference_cache_dir: Optional[str] = None
+    """Where cached reference log-probs live; empty: $PREFOPT_CACHE_DIR or ~/.cache/prefopt."""
     export_policy: bool = True
     """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
 

@@ -66,12 +66,17 @@ class NonFiniteError(FloatingPointError):
 
 class PreferenceModule(pl.LightningModule):
     def __init__(self, policy, reference, objective: Objective, optimizer: OptimizerConfig,
-                 scheduler: SchedulerConfig, logprob_impl: str = "auto"):
+                 scheduler: SchedulerConfig, logprob_impl: str = "auto",
+                 reference_cached: bool = False):
         super().__init__()
         self.needs = objective.needs()
-        # With LoRA the reference is the policy with its adapters disabled: no second copy.
-        self.reference_is_base = self.needs.reference and reference is None and uses_lora(policy)
-        if self.needs.reference and reference is None and not self.reference_is_base:
+        # Reference log-probs come from the batch (`ref_logps`, computed once and cached),
+        # from the policy with its LoRA adapters disabled (no second copy), or from a model.
+        self.reference_cached = self.needs.reference and reference_cached
+        self.reference_is_base = self.needs.reference and reference is None \
+            and not self.reference_cached and uses_lora(policy)
+        if self.needs.reference and reference is None and not (self.reference_cached
+                                                                or self.reference_is_base):
             raise ValueError(f"objective '{objective.config.name}' needs a reference model")
         self.policy = policy
         self.reference = reference if self.needs.reference else None
@@ -125,8 +130,15 @@ class PreferenceModule(pl.LightningModule):
             return RankedScores(scores, ranks, group), data
 
         data.policy = policy = self._logps(self.policy, rows, grad=True)
-        data.reference = reference = self._reference_logps(rows) \
-            if self.needs.reference else None
+        if self.reference_cached:
+            if "ref_logps" not in batch:
+                raise ValueError("reference=cached, but the batch carries no ref_logps")
+            cached = batch["ref_logps"][~mismatched]
+            data.reference = reference = SequenceLogps(cached, policy.tokens,
+                                                       torch.zeros_like(cached))
+        else:
+            data.reference = reference = self._reference_logps(rows) \
+                if self.needs.reference else None
         ref = reference.logps if reference is not None else None
         if fmt == BatchFormat.PAIRWISE:
             c, r = slot == 0, slot == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -14,7 +15,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
 
-from prefopt import registry
+from prefopt import reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule
 from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.module import PreferenceModule
@@ -54,13 +55,18 @@ def build(cfg: DictConfig):
     model_cfg = OmegaConf.to_object(cfg.model)
     tokenizer = build_tokenizer(model_cfg)
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
+    cached = cfg.get("reference", "model") == "cached"
+    if cached:
+        _check_cacheable(objective, needs)
     # LoRA: the reference is the policy with adapters disabled (PreferenceModule).
-    reference = make_reference(policy) if needs.reference and not uses_lora(policy) else None
+    reference = make_reference(policy) \
+        if needs.reference and not cached and not uses_lora(policy) else None
     datamodule = PreferenceDataModule(OmegaConf.to_object(cfg.data), tokenizer,
                                       fmt=objective.batch_format.value,
                                       mismatched=needs.mismatched_pairs, seed=cfg.seed)
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
-                              OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl)
+                              OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl,
+                              reference_cached=cached)
     return module, datamodule, tokenizer
 
 
@@ -74,12 +80,47 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     module, datamodule, tokenizer = build(cfg)
     datamodule.setup("fit")
     module.objective.check_data(datamodule.groups["train"])
+    if module.reference_cached:
+        _write_json(out / "reference_cache.json", attach_cached_reference(cfg, module, datamodule))
     _write_json(out / "data_report.json",
                 {name: report.as_dict() for name, report in datamodule.reports.items()})
 
     with warnings.catch_warnings():
         _quiet_expected_warnings()
         return _fit(cfg, out, module, datamodule, tokenizer)
+
+
+def _check_cacheable(objective, needs) -> None:
+    name = objective.config.name
+    if not needs.reference:
+        raise registry.PluginError(f"reference=cached: objective '{name}' uses no reference "
+                                   "model; drop the option")
+    if needs.mismatched_pairs:
+        raise registry.PluginError(
+            f"reference=cached cannot serve objective '{name}': its KL estimate pairs "
+            "completions across a batch, and batches change with every shuffle; use "
+            "reference=model")
+
+
+def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
+                            datamodule: PreferenceDataModule) -> dict:
+    """Give every encoded record its reference log-probs, from the cache or computed once
+    now from the initial policy (the reference). Returns what was used, per split."""
+    model_cfg = OmegaConf.to_object(cfg.model)
+    cache_dir = Path(cfg.reference_cache_dir) if cfg.get("reference_cache_dir") \
+        else reference_cache.default_cache_dir()
+    policy = module.policy
+    used = {}
+    for name, groups in datamodule.groups.items():
+        key = reference_cache.cache_key(model_cfg, cfg.seed, datamodule.tokenizer, groups)
+        path = cache_dir / "reference" / f"{key}.pt"
+        values, reused = reference_cache.load_or_compute(
+            path, groups, lambda: policy if uses_lora(policy) else make_reference(policy),
+            datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl)
+        datamodule.groups[name] = [dataclasses.replace(g, ref_logps=tuple(v))
+                                   for g, v in zip(groups, values)]
+        used[name] = {"path": str(path), "reused": reused}
+    return used
 
 
 def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, float]]:

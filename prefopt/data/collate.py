@@ -48,6 +48,11 @@ def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = F
              "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks)}
     if groups and groups[0].label is not None:
         batch["labels"] = torch.tensor([bool(g.label) for g in groups])
+    if groups and groups[0].ref_logps is not None:
+        # Cached reference log-probs, per row; mismatched rows never use a cache.
+        cached = [v for g in groups for v in g.ref_logps]
+        cached += [float("nan")] * (len(rows) - len(cached))
+        batch["ref_logps"] = torch.tensor(cached, dtype=torch.float32)
     batch["margins"] = torch.tensor([g.margin if g.margin is not None else 0.0 for g in groups],
                                     dtype=torch.float32)
     return batch

@@ -63,6 +63,7 @@ class EncodedGroup:
     label: bool | None = None
     ranks: tuple[int, ...] | None = None
     margin: float | None = None
+    ref_logps: tuple[float, ...] | None = None  # cached Σ log π_ref per completion
 
     @property
     def chosen(self) -> list[int]:  # pairwise records
