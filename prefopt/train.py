@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import warnings
@@ -55,7 +56,7 @@ def build(cfg: DictConfig):
     model_cfg = OmegaConf.to_object(cfg.model)
     tokenizer = build_tokenizer(model_cfg)
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
-    cached = cfg.get("reference", "model") == "cached"
+    cached = cfg.reference == "cached"
     if cached:
         _check_cacheable(objective, needs)
     # LoRA: the reference is the policy with adapters disabled (PreferenceModule).
@@ -107,16 +108,20 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
     """Give every encoded record its reference log-probs, from the cache or computed once
     now from the initial policy (the reference). Returns what was used, per split."""
     model_cfg = OmegaConf.to_object(cfg.model)
-    cache_dir = Path(cfg.reference_cache_dir) if cfg.get("reference_cache_dir") \
+    cache_dir = Path(cfg.reference_cache_dir) if cfg.reference_cache_dir \
         else reference_cache.default_cache_dir()
     policy = module.policy
+
+    @functools.cache  # built at most once, and only if some split is not cached yet
+    def reference():
+        return policy if uses_lora(policy) else make_reference(policy)
+
     used = {}
     for name, groups in datamodule.groups.items():
         key = reference_cache.cache_key(model_cfg, cfg.seed, datamodule.tokenizer, groups)
         path = cache_dir / "reference" / f"{key}.pt"
         values, reused = reference_cache.load_or_compute(
-            path, groups, lambda: policy if uses_lora(policy) else make_reference(policy),
-            datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl)
+            path, groups, reference, datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl)
         datamodule.groups[name] = [dataclasses.replace(g, ref_logps=tuple(v))
                                    for g, v in zip(groups, values)]
         used[name] = {"path": str(path), "reused": reused}
