@@ -137,6 +137,9 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
                          callbacks=[checkpoints])
     start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
     trainer.fit(module, datamodule=datamodule)
+    # last.ckpt is the final state: Lightning writes it at validations only, and skips the
+    # one that would fall on max_steps.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     end = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
     if trainer.is_global_zero:

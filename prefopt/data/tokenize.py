@@ -222,6 +222,15 @@ class Encoder:
         report.kept = len(kept)
         return kept, report
 
+    def prompt_ids(self, prompts: list[Text]) -> list[list[int]]:
+        """Token ids of prompts as training renders them (chat template and generation
+        prompt included, the same truncation of over-long prompts), for generation."""
+        records = [Record(p, (), f"prompt {i}", kind="unpaired") for i, p in enumerate(prompts)]
+        texts = [self._render(r)[0] for r in records]
+        ids = self._batch_ids(texts, [not self._uses_template(r) for r in records])
+        limit = self.cfg.max_prompt_length
+        return [self._cut_prompt(p, limit) if limit and len(p) > limit else p for p in ids]
+
     def _batch_ids(self, texts: list[str], specials: list[bool]) -> list[list[int]]:
         """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS)."""
         out: list[list[int]] = [[] for _ in texts]
