@@ -17,7 +17,7 @@ from prefopt.module import NonFiniteError
 log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
-_USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError)
+_USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")

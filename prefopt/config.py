@@ -47,6 +47,8 @@ class TrainConfig:
     model is not kept in memory for training)."""
     reference_cache_dir: Optional[str] = None
     """Where cached reference log-probs live; empty: $PREFOPT_CACHE_DIR or ~/.cache/prefopt."""
+    ckpt_path: Optional[str] = None
+    """Resume from a checkpoint: `last` (<output_dir>/checkpoints/last.ckpt) or a path."""
     export_policy: bool = True
     """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import json
+import os
 import logging
 import warnings
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
@@ -132,11 +135,16 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=MONITOR, mode="max",
                                   save_top_k=1, save_last=True, filename="best-step{step}",
                                   auto_insert_metric_name=False)
+    resume = _resume_checkpoint(cfg, out)
+    earlier = _set_aside_metrics(out, resume) if resume else []
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values()]
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out), logger=loggers,
                          callbacks=[checkpoints])
-    start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    trainer.fit(module, datamodule=datamodule)
+    if resume:
+        start = _start_metrics(earlier)
+    else:
+        start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     # last.ckpt is the final state: Lightning writes it at validations only, and skips the
     # one that would fall on max_steps.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -150,10 +158,57 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
                                            "steps": trainer.global_step})
         for logger in trainer.loggers:
             logger.finalize("success")  # flush metrics.csv before drawing from it
+        if earlier:
+            _prepend_rows(out / "metrics.csv", earlier)
         if (out / "metrics.csv").exists():
             plot_curves(out / "metrics.csv", out / "curves.png")
         print_summary(start, end, trainer.global_step, out)
     return {"start": start, "end": end}
+
+
+def _resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:
+    if cfg.ckpt_path is None:
+        return None
+    path = out / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path} (resume "
+                                "with the run's own output_dir=...)")
+    return path
+
+
+def _set_aside_metrics(out: Path, checkpoint: Path) -> list[dict[str, str]]:
+    """The rows of metrics.csv up to the checkpoint. The file itself is kept, renamed, since
+    the CSV logger starts a new one; rows after the checkpoint are replayed by the resume."""
+    metrics = out / "metrics.csv"
+    if not metrics.exists():
+        return []
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)[
+        "global_step"]
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    os.replace(metrics, out / "metrics.before-resume.csv")
+    # Training rows before the checkpoint's step; validation rows up to and including it
+    # (the validation that wrote the checkpoint is not run again).
+    return [r for r in rows if int(float(r["step"])) < step or (
+        int(float(r["step"])) == step and any(r[k] for k in r if k.startswith("val/")))]
+
+
+def _start_metrics(rows: list[dict[str, str]]) -> dict[str, float]:
+    for row in rows:  # the validation before training, at step 0
+        values = {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
+        if values:
+            return values
+    return {}
+
+
+def _prepend_rows(metrics: Path, earlier: list[dict[str, str]]) -> None:
+    with open(metrics, newline="") as f:
+        later = list(csv.DictReader(f))
+    columns = sorted({k for row in earlier + later for k in row} - {"epoch", "step"})
+    with open(metrics, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "step", *columns], restval="")
+        writer.writeheader()
+        writer.writerows(earlier + later)
 
 
 def _floats(metrics: dict) -> dict[str, float]:

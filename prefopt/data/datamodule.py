@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from prefopt.data import synthetic
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import PARSERS, Record, read_records, unpair
+from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
 
 log = logging.getLogger(__name__)
@@ -102,16 +103,23 @@ class PreferenceDataModule(pl.LightningDataModule):
             self.groups[name], self.reports[name] = groups, report
             log.info("data %s: %s", name, report.summary())
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, sampler=None) -> DataLoader:
         collate = functools.partial(collate_groups, pad_id=self.tokenizer.pad_token_id,
                                     mismatched=self.mismatched)
         # Mismatched pairs need two records in every batch: never leave a batch of one.
         drop_last = self.mismatched and len(self.groups[name]) % batch_size == 1
-        return DataLoader(self.groups[name], batch_size=batch_size, shuffle=shuffle,
+        return DataLoader(self.groups[name], batch_size=batch_size, sampler=sampler,
                           collate_fn=collate, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.cfg.batch_size, self.cfg.shuffle)
+        sampler = ResumableSampler(len(self.groups["train"]), self.seed, self.cfg.shuffle)
+        trainer = self.trainer  # set by Lightning; None when used on its own
+        if trainer is not None and trainer.fit_loop.restarting:
+            # Resumed from a checkpoint: continue this epoch after the batches it had done.
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            sampler.set_epoch(trainer.current_epoch)
+            sampler.start_at(done * self.cfg.batch_size)
+        return self._loader("train", self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.cfg.val_batch_size or self.cfg.batch_size, False)
+        return self._loader("val", self.cfg.val_batch_size or self.cfg.batch_size)
