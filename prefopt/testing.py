@@ -24,8 +24,10 @@ assertion) that names the property and by how much it failed. What is checked:
   metrics whatever reference log-probs it is handed; permuting the examples of a batch
   permutes the per-example metrics and leaves the loss unchanged.
 
-The tensor checks need batches of the objective's format; this kit builds pairwise ones.
-For any other format it raises NotImplementedError naming the checks it cannot run.
+Unpaired, ranked and reward-model objectives get the loss-and-gradient and metric-name
+checks on exactly what `PreferenceModule.loss_inputs` hands them for a synthetic batch of
+their format; the reference-free and batch-order checks are defined for pairwise
+log-prob objectives. A format prefopt-train cannot feed is a ConformanceError.
 """
 
 from __future__ import annotations
@@ -358,29 +360,21 @@ def pairwise_case(needs: Needs, n_pairs: int = 6, seed: int = 0) -> PairwiseCase
     return PairwiseCase(policy, inputs, ref[c], ref[r])
 
 
-def _unavailable(objective: Objective, name: str) -> str | None:
-    """Why the tensor checks cannot run for this objective, or None."""
-    if objective.needs().reward_model:
-        return (f"objective '{name}' trains a reward model (needs().reward_model): "
-                f"prefopt.testing cannot build score batches yet, so these checks are "
-                f"unavailable: {', '.join(TENSOR_CHECKS)}")
-    if objective.batch_format != BatchFormat.PAIRWISE:
-        return (f"prefopt.testing cannot build {objective.batch_format.value} batches yet, "
-                f"so these checks are unavailable for objective '{name}': "
-                f"{', '.join(TENSOR_CHECKS)}. The declaration, entry-point and config "
-                "checks do not depend on the format.")
-    return None
+FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
 
 
 def check_loss(objective: Objective, name: str) -> list[str]:
     """The tensor checks (see the module docstring); returns those that ran."""
-    reason = _unavailable(objective, name)
-    if reason:
-        raise NotImplementedError(reason)
     needs = objective.needs()
     if not isinstance(needs, Needs):
         raise ConformanceError(f"{type(objective).__name__}.needs() returned {needs!r}, "
                                "not a prefopt.objective.Needs")
+    if objective.batch_format not in FED_FORMATS:
+        raise ConformanceError(f"objective '{name}' consumes {objective.batch_format.value} "
+                               "records, which prefopt-train cannot feed yet (it feeds "
+                               f"{', '.join(f.value for f in FED_FORMATS)})")
+    if objective.batch_format != BatchFormat.PAIRWISE or needs.reward_model:
+        return _check_through_module(objective, name)
     case = pairwise_case(needs)
     out = objective.loss(case.inputs)
     _check_loss_and_gradients(out, case.policy)
@@ -393,6 +387,66 @@ def check_loss(objective: Objective, name: str) -> list[str]:
     _check_batch_order(objective, detached)
     ran.append("batch order")
     return ran
+
+
+def _check_through_module(objective: Objective, name: str, n: int = 6, seed: int = 0
+                          ) -> list[str]:
+    """Unpaired, ranked and reward-model objectives: the loss and metrics on exactly what
+    PreferenceModule.loss_inputs hands them for a synthetic batch of their format. The
+    reference-free and batch-order checks are defined for pairwise log-prob inputs only."""
+    from prefopt.data.datamodule import DataConfig, PreferenceDataModule
+    from prefopt.data.synthetic import SyntheticConfig
+    from prefopt.models import ModelConfig, build_policy, build_tokenizer, make_reference
+    from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+
+    needs = objective.needs()
+    tokenizer = build_tokenizer(ModelConfig())
+    data = DataConfig(batch_size=n, shuffle=False,
+                      synthetic=SyntheticConfig(n_train=n, n_val=2, seed=seed))
+    datamodule = PreferenceDataModule(data, tokenizer, fmt=objective.batch_format.value,
+                                      mismatched=needs.mismatched_pairs, seed=seed)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    torch.manual_seed(seed)
+    policy = build_policy(ModelConfig(), tokenizer, reward_head=needs.reward_model)
+    reference = make_reference(policy) if needs.reference else None
+    with torch.no_grad():  # off the reference, so reference-relative rewards are not all 0
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    module = PreferenceModule(policy, reference, objective, OptimizerConfig(),
+                              SchedulerConfig(), logprob_impl="torch")
+    inputs, _ = module.loss_inputs(batch)
+    out = objective.loss(inputs)
+    _check_loss_and_gradients(out, policy)
+    _check_general_metric_names(out, name)
+    return ["loss and gradients", "metric names"]
+
+
+def _check_general_metric_names(out: LossOutput, name: str) -> None:
+    """Schema names or `<name>/...`, `rewards/accuracies` present (prefopt-train keeps the
+    checkpoint with the best val/rewards/accuracies), values detached, finite, at most 1-D
+    (per example, per prompt, or a subset such as the desirable examples)."""
+    keys = set(out.metrics)
+    owned = sorted(keys & set(MODULE_METRICS))
+    if owned:
+        raise ConformanceError(f"metrics {owned} are logged by the training module itself; "
+                               f"put objective-specific values under '{name}/'")
+    stray = sorted(k for k in keys - set(PAIRWISE_METRICS) if not k.startswith(f"{name}/"))
+    if stray:
+        raise ConformanceError(f"metric names {stray} are neither in the shared schema "
+                               f"{list(PAIRWISE_METRICS)} nor under '{name}/'")
+    if "rewards/accuracies" not in keys:
+        raise ConformanceError("every objective reports 'rewards/accuracies': prefopt-train "
+                               "keeps the checkpoint with the best val/rewards/accuracies")
+    for key, value in out.metrics.items():
+        if not isinstance(value, torch.Tensor) or value.ndim > 1:
+            raise ConformanceError(f"metric '{key}' must be a scalar or 1-D tensor, got "
+                                   f"{getattr(value, 'shape', type(value))}")
+        if value.requires_grad:
+            raise ConformanceError(f"metric '{key}' carries a gradient: detach it, or it "
+                                   "keeps the whole graph alive until it is logged")
+        if not torch.isfinite(value).all():
+            raise ConformanceError(f"metric '{key}' is not finite: {value}")
 
 
 def _check_loss_and_gradients(out: LossOutput, policy: torch.nn.Module) -> None:

@@ -154,15 +154,35 @@ def test_non_finite_loss():
         run(Exploding)
 
 
-def test_formats_the_kit_cannot_build_yet():
-    class Unpaired(Margin):
-        batch_format = BatchFormat.UNPAIRED
+@pytest.mark.parametrize("name", ["kto", "kwise", "reward_bt", "reward_pl"])
+def test_builtins_of_every_format_conform(registered, name):
+    from prefopt import registry
 
-    with pytest.raises(NotImplementedError, match=r"cannot build unpaired batches yet, so "
-                                                  r"these checks are unavailable for objective "
-                                                  r"'margin': loss and gradients, metric names, "
-                                                  r"reference-free, batch order"):
-        run(Unpaired)
+    ran = check_objective(registry.load(name), name)
+    assert {"loss and gradients", "metric names"} <= set(ran)
+    assert "batch order" not in ran  # defined for pairwise log-prob objectives only
+
+
+def test_unpaired_objective_without_accuracies_fails(registered):
+    from prefopt.plugins.kto import KTO
+
+    class NoAccuracy(KTO):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            del out.metrics["rewards/accuracies"]
+            return out
+
+    with pytest.raises(ConformanceError, match=r"every objective reports 'rewards/accuracies'"):
+        check_loss(NoAccuracy(NoAccuracy.Config(name="kto")), "kto")
+
+
+def test_formats_prefopt_train_cannot_feed():
+    class Attributed(Margin):
+        batch_format = BatchFormat.ATTRIBUTED
+
+    with pytest.raises(ConformanceError, match=r"consumes attributed records, which "
+                                               r"prefopt-train cannot feed yet"):
+        run(Attributed)
 
 
 def test_declaration_checks():
