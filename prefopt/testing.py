@@ -422,10 +422,8 @@ def _check_through_module(objective: Objective, name: str, n: int = 6, seed: int
     return ["loss and gradients", "metric names"]
 
 
-def _check_general_metric_names(out: LossOutput, name: str) -> None:
-    """Schema names or `<name>/...`, `rewards/accuracies` present (prefopt-train keeps the
-    checkpoint with the best val/rewards/accuracies), values detached, finite, at most 1-D
-    (per example, per prompt, or a subset such as the desirable examples)."""
+def _check_names(out: LossOutput, name: str) -> set[str]:
+    """Metric names are the shared schema's or under `<name>/`, never the module's own."""
     keys = set(out.metrics)
     owned = sorted(keys & set(MODULE_METRICS))
     if owned:
@@ -435,6 +433,14 @@ def _check_general_metric_names(out: LossOutput, name: str) -> None:
     if stray:
         raise ConformanceError(f"metric names {stray} are neither in the shared schema "
                                f"{list(PAIRWISE_METRICS)} nor under '{name}/'")
+    return keys
+
+
+def _check_general_metric_names(out: LossOutput, name: str) -> None:
+    """Schema names or `<name>/...`, `rewards/accuracies` present (prefopt-train keeps the
+    checkpoint with the best val/rewards/accuracies), values detached, finite, at most 1-D
+    (per example, per prompt, or a subset such as the desirable examples)."""
+    keys = _check_names(out, name)
     if "rewards/accuracies" not in keys:
         raise ConformanceError("every objective reports 'rewards/accuracies': prefopt-train "
                                "keeps the checkpoint with the best val/rewards/accuracies")
@@ -477,15 +483,7 @@ def _check_loss_and_gradients(out: LossOutput, policy: torch.nn.Module) -> None:
 
 
 def _check_metric_names(out: LossOutput, name: str, n: int) -> None:
-    keys = set(out.metrics)
-    owned = sorted(keys & set(MODULE_METRICS))
-    if owned:
-        raise ConformanceError(f"metrics {owned} are logged by the training module itself; "
-                               f"put objective-specific values under '{name}/'")
-    stray = sorted(k for k in keys - set(PAIRWISE_METRICS) if not k.startswith(f"{name}/"))
-    if stray:
-        raise ConformanceError(f"metric names {stray} are neither in the shared schema "
-                               f"{list(PAIRWISE_METRICS)} nor under '{name}/'")
+    keys = _check_names(out, name)
     absent = [k for k in PAIRWISE_METRICS if k not in keys]
     if absent:
         raise ConformanceError(f"pairwise objectives report {list(PAIRWISE_METRICS)} "
