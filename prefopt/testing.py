@@ -15,24 +15,46 @@ assertion) that names the property and by how much it failed. What is checked:
 - entry point: `name` is installed in `prefopt.objectives` and loads this class;
 - config: `prefopt-train`'s real config composes with `objective=<name>`, every field
   overridden on the command line, and converts back to the Config dataclass; an unknown
-  key and a value of the wrong type are refused;
-- loss and gradients, on the tiny model and a few synthetic records: the loss is a finite
-  scalar and every policy parameter receives a finite gradient, not all zero;
-- metric names: the shared `rewards/*` schema, or keys under `<name>/`; per-example or
-  scalar tensors, finite and detached;
-- declared properties: an objective that needs no reference model gives the same loss and
-  metrics whatever reference log-probs it is handed; permuting the examples of a batch
-  permutes the per-example metrics and leaves the loss unchanged.
+  key and a value of the wrong type are refused.
 
-Unpaired, ranked and reward-model objectives get the loss-and-gradient and metric-name
-checks on exactly what `PreferenceModule.loss_inputs` hands them for a synthetic batch of
-their format; the reference-free and batch-order checks are defined for pairwise
-log-prob objectives. A format prefopt-train cannot feed is a ConformanceError.
+The tensor checks run on exactly what `PreferenceModule.loss_inputs` hands the objective
+for one batch of 7 synthetic records of its format (pairs, unpaired examples with both
+labels, or prompts with 4 ranked completions each), built by the real data path, on the
+built-in tiny model moved off its reference (or the tiny scalar-head reward model):
+
+- feedable: a format prefopt-train cannot feed (attributed, prompts), a reward model on
+  unpaired records, or mismatched pairs without a reference is a failure;
+- loss and gradients: the loss is a finite scalar with a gradient, and every policy (or
+  reward-model) parameter receives a finite gradient, not all of them zero;
+- metric names: the shared `rewards/*` schema or keys under `<name>/`, never the module's
+  own (`loss`, `logps/*`, `kl`, `entropy`); values are detached, finite tensors, each a
+  scalar or 1-D in one layout of its format:
+    pairwise (log-probs or scores): per pair [B];
+    unpaired: per example [B], or over one class in batch order: the desirable examples
+      [n_D] (`values[labels]`) or the undesirable ones [n_U] (`values[~labels]`);
+    ranked (log-probs or scores): per prompt [G] (indexed by group id) or per completion
+      [M];
+  `rewards/chosen` and `rewards/rejected` take the per-pair, per-prompt or their class's
+  layout. Required: all four `rewards/*` for pairwise and ranked objectives,
+  `rewards/accuracies` for unpaired ones (a batch may lack a class, and with it chosen or
+  rejected rewards and margins; prefopt-train keeps the best val/rewards/accuracies);
+- reference-free: an objective on log-probs declaring `needs().reference` False gives the
+  same loss and metrics when its inputs carry the reference model's log-probs, or
+  perturbed ones, instead of None. Reward models have no reference: the list of checks
+  that ran says the check does not apply;
+- batch order: reordering the examples of the inputs leaves the loss unchanged and
+  reorders the metrics with them (entry by entry, in the layouts above). Unpaired inputs
+  keep `kl_ratio` fixed: prefopt-train estimates it from the batch as collated, so
+  re-collating in another order may legitimately change it. Ranked inputs reorder whole
+  prompts (group ids relabelled, rows moved with their prompt);
+- listing order (ranked): listing each prompt's completions in another order, same
+  groups and ranks, leaves the loss and the per-prompt metrics unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import enum
 import functools
@@ -45,16 +67,15 @@ import torch
 
 from prefopt import registry
 from prefopt.objective import (API_VERSION, BatchFormat, LossOutput, Needs, Objective,
-                               ObjectiveConfig, PairwiseLogps)
+                               ObjectiveConfig, PairwiseLogps, PairwiseScores, RankedLogps,
+                               UnpairedLogps)
 
-# Module-owned metrics: PreferenceModule logs these itself, an objective must not.
-MODULE_METRICS = ("loss", "logps/chosen", "logps/rejected", "kl", "entropy")
-# Implicit-reward metrics every pairwise objective reports (prefopt-train monitors
-# rewards/accuracies to keep the best checkpoint).
-PAIRWISE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
-                    "rewards/accuracies")
+# The formats prefopt-train feeds (prefopt.train.FED_FORMATS).
+FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
 RTOL, ATOL = 1e-5, 1e-6
-TENSOR_CHECKS = ("loss and gradients", "metric names", "reference-free", "batch order")
+# Names of the tensor checks, as check_objective returns them when they run.
+TENSOR_CHECKS = ("loss and gradients", "metric names", "reference-free", "batch order",
+                 "listing order")
 
 
 class ConformanceError(AssertionError):
@@ -292,75 +313,21 @@ def check_config(cls: type[Objective], name: str,
 
 # -- tensor checks on the tiny model ----------------------------------------------------
 
+# Records per synthetic batch: pairs, unpaired examples or ranked prompts. Odd, so that an
+# unpaired batch never holds as many desirable as undesirable examples: the length of a
+# metric over one class then says which class it covers.
+N_RECORDS = 7
+DATA_SEED = 1  # both classes present, 2+ examples each (checked in _layouts_of)
+MODEL_SEED = 0
+
+
 @dataclass
-class PairwiseCase:
-    """A few synthetic pairs through the tiny model: what the module would hand `loss`."""
+class _Case:
+    """One synthetic batch as `PreferenceModule.loss_inputs` hands it to the objective."""
 
-    policy: torch.nn.Module
-    inputs: PairwiseLogps  # policy log-probs carry gradients; reference ones do not
-    reference_chosen: torch.Tensor  # the reference log-probs, even when not needed
-    reference_rejected: torch.Tensor
-
-
-@functools.cache
-def _pairwise_batch(n_pairs: int, seed: int):
-    """The tiny tokenizer and one batch of synthetic pairs, through the real data path."""
-    from prefopt.data.datamodule import DataConfig, PreferenceDataModule
-    from prefopt.data.synthetic import SyntheticConfig
-    from prefopt.models import ModelConfig, build_tokenizer
-
-    tokenizer = build_tokenizer(ModelConfig())
-    data = DataConfig(batch_size=n_pairs, shuffle=False,
-                      synthetic=SyntheticConfig(n_train=n_pairs, n_val=1, seed=seed))
-    datamodule = PreferenceDataModule(data, tokenizer, fmt=BatchFormat.PAIRWISE.value,
-                                      seed=seed)
-    datamodule.setup("fit")
-    return tokenizer, next(iter(datamodule.train_dataloader()))
-
-
-def _initial_policy(tokenizer, seed: int):
-    from prefopt.models import ModelConfig, build_policy
-
-    torch.manual_seed(seed)
-    return build_policy(ModelConfig(), tokenizer)
-
-
-_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
-
-
-@functools.cache
-def _reference_logps(n_pairs: int, seed: int) -> torch.Tensor:
-    """Log-probs under the reference (the unperturbed policy); the same on every call."""
-    from prefopt.logprobs import completion_logps
-
-    tokenizer, batch = _pairwise_batch(n_pairs, seed)
-    with torch.no_grad():
-        return completion_logps(_initial_policy(tokenizer, seed),
-                                {k: batch[k] for k in _ROW_KEYS}, impl="torch").logps
-
-
-def pairwise_case(needs: Needs, n_pairs: int = 6, seed: int = 0) -> PairwiseCase:
-    from prefopt.logprobs import completion_logps
-
-    tokenizer, batch = _pairwise_batch(n_pairs, seed)
-    ref = _reference_logps(n_pairs, seed)
-    policy = _initial_policy(tokenizer, seed)
-    # Move the policy off its reference: at π = π_ref every reference-relative reward is
-    # 0, the pairs are indistinguishable and a permutation or reference check sees nothing.
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    out = completion_logps(policy, {k: batch[k] for k in _ROW_KEYS}, impl="torch",
-                           entropy_grad=needs.entropy, token_level=needs.token_logps)
-    c, r = batch["slot"] == 0, batch["slot"] == 1
-    inputs = PairwiseLogps(chosen=out.logps[c], rejected=out.logps[r],
-                           chosen_tokens=out.tokens[c], rejected_tokens=out.tokens[r],
-                           ref_chosen=ref[c] if needs.reference else None,
-                           ref_rejected=ref[r] if needs.reference else None)
-    return PairwiseCase(policy, inputs, ref[c], ref[r])
-
-
-FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
+    model: torch.nn.Module  # the policy or reward model under training
+    batch: dict[str, torch.Tensor]  # the collated batch the inputs come from
+    inputs: object  # PairwiseLogps | UnpairedLogps | RankedLogps | PairwiseScores | RankedScores
 
 
 def check_loss(objective: Objective, name: str) -> list[str]:
@@ -369,93 +336,137 @@ def check_loss(objective: Objective, name: str) -> list[str]:
     if not isinstance(needs, Needs):
         raise ConformanceError(f"{type(objective).__name__}.needs() returned {needs!r}, "
                                "not a prefopt.objective.Needs")
-    if objective.batch_format not in FED_FORMATS:
-        raise ConformanceError(f"objective '{name}' consumes {objective.batch_format.value} "
-                               "records, which prefopt-train cannot feed yet (it feeds "
-                               f"{', '.join(f.value for f in FED_FORMATS)})")
-    if objective.batch_format != BatchFormat.PAIRWISE or needs.reward_model:
-        return _check_through_module(objective, name)
-    case = pairwise_case(needs)
+    _check_feedable(objective, needs, name)
+    case = _case(objective)
     out = objective.loss(case.inputs)
-    _check_loss_and_gradients(out, case.policy)
-    _check_metric_names(out, name, n=len(case.inputs.chosen))
+    _check_loss_and_gradients(out, case.model, needs.reward_model)
+    inputs = _detached(case.inputs)
+    _check_metrics(out, name, inputs, objective.batch_format)
     ran = ["loss and gradients", "metric names"]
-    detached = _detached(case.inputs)
-    if not needs.reference:
-        _check_reference_free(objective, detached, case)
-        ran.append("reference-free")
-    _check_batch_order(objective, detached)
-    ran.append("batch order")
+    ran += _check_reference_free(objective, inputs, case.batch)
+    for reordering in _reorderings(inputs):
+        _check_order(objective, inputs, reordering)
+        ran.append(reordering.check)
     return ran
 
 
-def _check_through_module(objective: Objective, name: str, n: int = 6, seed: int = 0
-                          ) -> list[str]:
-    """Unpaired, ranked and reward-model objectives: the loss and metrics on exactly what
-    PreferenceModule.loss_inputs hands them for a synthetic batch of their format. The
-    reference-free and batch-order checks are defined for pairwise log-prob inputs only."""
+def _check_feedable(objective: Objective, needs: Needs, name: str) -> None:
+    """What prefopt-train cannot hand the objective is a failure, not a skipped check."""
+    fmt = objective.batch_format
+    if fmt not in FED_FORMATS:
+        raise ConformanceError(f"objective '{name}' consumes {fmt.value} records, which "
+                               "prefopt-train cannot feed yet (it feeds "
+                               f"{', '.join(f.value for f in FED_FORMATS)})")
+    if needs.reward_model and fmt == BatchFormat.UNPAIRED:
+        raise ConformanceError(f"objective '{name}' trains a reward model on unpaired records, "
+                               "which prefopt-train cannot feed yet: reward models get "
+                               "PairwiseScores or RankedScores")
+    if needs.mismatched_pairs and not needs.reference:
+        raise ConformanceError(f"objective '{name}' declares needs().mismatched_pairs without "
+                               "needs().reference: kl_ratio is a mean of log π/π_ref, which "
+                               "prefopt-train cannot compute without a reference model")
+
+
+# -- the synthetic case, through the real data and module path --------------------------
+
+@functools.cache
+def _tokenizer():
+    from prefopt.models import ModelConfig, build_tokenizer
+
+    return build_tokenizer(ModelConfig())
+
+
+@functools.cache
+def _cached_batch(fmt: str, mismatched: bool) -> dict[str, torch.Tensor]:
+    """The first batch of N_RECORDS synthetic records of `fmt`, as prefopt-train collates
+    it (with the mismatched KL rows when asked for)."""
     from prefopt.data.datamodule import DataConfig, PreferenceDataModule
     from prefopt.data.synthetic import SyntheticConfig
-    from prefopt.models import ModelConfig, build_policy, build_tokenizer, make_reference
+
+    data = DataConfig(batch_size=N_RECORDS, shuffle=False,
+                      synthetic=SyntheticConfig(n_train=N_RECORDS, n_val=2, seed=DATA_SEED))
+    datamodule = PreferenceDataModule(data, _tokenizer(), fmt=fmt, mismatched=mismatched,
+                                      seed=DATA_SEED)
+    datamodule.setup("fit")
+    return next(iter(datamodule.train_dataloader()))
+
+
+def _batch(fmt: str, mismatched: bool) -> dict[str, torch.Tensor]:
+    # A copy: the module hands some tensors (labels, margins) to the objective as they are,
+    # and an objective that wrote into them must not change the batch of later checks.
+    return {k: v.clone() for k, v in _cached_batch(fmt, mismatched).items()}
+
+
+@functools.cache
+def _models(reward_head: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(reference, policy): the tiny model as built, frozen, and a copy moved off it.
+
+    At π = π_ref every reference-relative reward is 0: the examples would be
+    indistinguishable and a permutation or reference check would see nothing. Seeded inside
+    fork_rng, so the caller's random state is left as it was."""
+    from prefopt.models import ModelConfig, build_policy, make_reference
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(MODEL_SEED)
+        policy = build_policy(ModelConfig(), _tokenizer(), reward_head=reward_head)
+        reference = make_reference(policy)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return reference, policy
+
+
+def _module(policy, reference, objective: Objective):
     from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
 
+    # The reference log-prob implementation: the same numbers on every device and dtype.
+    return PreferenceModule(policy, reference, objective, OptimizerConfig(), SchedulerConfig(),
+                            logprob_impl="torch")
+
+
+def _case(objective: Objective) -> _Case:
+    """The kit's batch of the objective's format, through a PreferenceModule set up as
+    prefopt-train sets it up for this objective (a reference model only if it needs one)."""
     needs = objective.needs()
-    tokenizer = build_tokenizer(ModelConfig())
-    data = DataConfig(batch_size=n, shuffle=False,
-                      synthetic=SyntheticConfig(n_train=n, n_val=2, seed=seed))
-    datamodule = PreferenceDataModule(data, tokenizer, fmt=objective.batch_format.value,
-                                      mismatched=needs.mismatched_pairs, seed=seed)
-    datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
-    torch.manual_seed(seed)
-    policy = build_policy(ModelConfig(), tokenizer, reward_head=needs.reward_model)
-    reference = make_reference(policy) if needs.reference else None
-    with torch.no_grad():  # off the reference, so reference-relative rewards are not all 0
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    module = PreferenceModule(policy, reference, objective, OptimizerConfig(),
-                              SchedulerConfig(), logprob_impl="torch")
+    reference, template = _models(needs.reward_model)
+    policy = copy.deepcopy(template)  # a fresh copy: the gradient check fills in .grad
+    batch = _batch(objective.batch_format.value, needs.mismatched_pairs)
+    module = _module(policy, reference if needs.reference else None, objective)
     inputs, _ = module.loss_inputs(batch)
-    out = objective.loss(inputs)
-    _check_loss_and_gradients(out, policy)
-    _check_general_metric_names(out, name)
-    return ["loss and gradients", "metric names"]
+    return _Case(policy, batch, inputs)
 
 
-def _check_names(out: LossOutput, name: str) -> set[str]:
-    """Metric names are the shared schema's or under `<name>/`, never the module's own."""
-    keys = set(out.metrics)
-    owned = sorted(keys & set(MODULE_METRICS))
-    if owned:
-        raise ConformanceError(f"metrics {owned} are logged by the training module itself; "
-                               f"put objective-specific values under '{name}/'")
-    stray = sorted(k for k in keys - set(PAIRWISE_METRICS) if not k.startswith(f"{name}/"))
-    if stray:
-        raise ConformanceError(f"metric names {stray} are neither in the shared schema "
-                               f"{list(PAIRWISE_METRICS)} nor under '{name}/'")
-    return keys
+def _tensors(inputs) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)
+            if isinstance(getattr(inputs, f.name), torch.Tensor)}
 
 
-def _check_general_metric_names(out: LossOutput, name: str) -> None:
-    """Schema names or `<name>/...`, `rewards/accuracies` present (prefopt-train keeps the
-    checkpoint with the best val/rewards/accuracies), values detached, finite, at most 1-D
-    (per example, per prompt, or a subset such as the desirable examples)."""
-    keys = _check_names(out, name)
-    if "rewards/accuracies" not in keys:
-        raise ConformanceError("every objective reports 'rewards/accuracies': prefopt-train "
-                               "keeps the checkpoint with the best val/rewards/accuracies")
-    for key, value in out.metrics.items():
-        if not isinstance(value, torch.Tensor) or value.ndim > 1:
-            raise ConformanceError(f"metric '{key}' must be a scalar or 1-D tensor, got "
-                                   f"{getattr(value, 'shape', type(value))}")
-        if value.requires_grad:
-            raise ConformanceError(f"metric '{key}' carries a gradient: detach it, or it "
-                                   "keeps the whole graph alive until it is logged")
-        if not torch.isfinite(value).all():
-            raise ConformanceError(f"metric '{key}' is not finite: {value}")
+def _detached(inputs):
+    return dataclasses.replace(inputs, **{k: v.detach() for k, v in _tensors(inputs).items()})
 
 
-def _check_loss_and_gradients(out: LossOutput, policy: torch.nn.Module) -> None:
+def _row_count(inputs) -> int:
+    # Every input field with a leading dimension is per row: per pair, example or
+    # completion. 0-dim ones (kl_ratio) are per batch.
+    return next(len(v) for v in _tensors(inputs).values() if v.ndim >= 1)
+
+
+def _prompt_count(inputs) -> int:
+    group = getattr(inputs, "group", None)
+    return int(group.max()) + 1 if group is not None else _row_count(inputs)
+
+
+# -- loss and gradients -----------------------------------------------------------------
+
+def _check_loss_and_gradients(out: LossOutput, model: torch.nn.Module,
+                              reward_model: bool) -> None:
+    """A finite scalar loss whose backward reaches every parameter with finite values.
+
+    Every parameter of the tiny causal LM and of the tiny scalar-head reward model takes
+    part in the forward (AutoModelForSequenceClassification puts its score head where the
+    LM head was and leaves no parameter unused), so each one must get a gradient: there is
+    nothing to exempt."""
+    owner, outputs = ("reward model", "scores") if reward_model else ("policy", "log-probs")
     if not isinstance(out, LossOutput):
         raise ConformanceError(f"loss() returned {type(out).__name__}, not a LossOutput")
     loss = out.loss
@@ -465,49 +476,129 @@ def _check_loss_and_gradients(out: LossOutput, policy: torch.nn.Module) -> None:
     if not torch.isfinite(loss):
         raise ConformanceError(f"the loss is not finite on the tiny model: {loss.item()}")
     if not loss.requires_grad:
-        raise ConformanceError("the loss does not depend on the policy's log-probs "
-                               "(it carries no gradient)")
+        raise ConformanceError(f"the loss carries no gradient: it does not depend on the "
+                               f"{owner}'s {outputs}")
     loss.backward()
-    named = list(policy.named_parameters())
+    named = list(model.named_parameters())
     missing = [n for n, p in named if p.grad is None]
     if missing:
-        raise ConformanceError(f"no gradient reached {len(missing)} of {len(named)} policy "
+        raise ConformanceError(f"no gradient reached {len(missing)} of {len(named)} {owner} "
                                f"parameters, e.g. {missing[:3]}")
     bad = [n for n, p in named if not torch.isfinite(p.grad).all()]
     if bad:
-        raise ConformanceError(f"non-finite gradients in {len(bad)} policy parameters, "
-                               f"e.g. {bad[:3]}")
-    norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for _, p in named))
-    if norm == 0.0:
-        raise ConformanceError("every policy gradient is exactly zero")
+        raise ConformanceError(f"non-finite gradients in {len(bad)} of {len(named)} {owner} "
+                               f"parameters, e.g. {bad[:3]}")
+    if not any(bool(p.grad.any()) for _, p in named):
+        raise ConformanceError(f"every {owner} gradient is exactly zero")
 
 
-def _check_metric_names(out: LossOutput, name: str, n: int) -> None:
+# -- metrics ----------------------------------------------------------------------------
+
+# Module-owned metrics: PreferenceModule logs these itself, an objective must not.
+MODULE_METRICS = ("loss", "logps/chosen", "logps/rejected", "kl", "entropy")
+# The shared implicit-reward schema; anything else goes under `<name>/`.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                  "rewards/accuracies")
+# What each format must report. An unpaired batch may lack a class, and then has no
+# chosen or rejected rewards and no margin; accuracies are always defined, and
+# prefopt-train keeps the checkpoint with the best val/rewards/accuracies.
+REQUIRED_METRICS = {BatchFormat.PAIRWISE: REWARD_METRICS,
+                    BatchFormat.UNPAIRED: ("rewards/accuracies",),
+                    BatchFormat.RANKED: REWARD_METRICS}
+_HELPERS = {BatchFormat.PAIRWISE: " (prefopt.objective.preference_metrics computes them)",
+            BatchFormat.RANKED: " (prefopt.plugins.kwise.ranking_metrics computes them)"}
+# rewards/chosen and rewards/rejected describe one side of the preferences: per pair, per
+# prompt (its best or worst completions) or over one class of unpaired examples; never
+# over every example or completion.
+SIDE_LAYOUTS = {"rewards/chosen": ("per-pair", "per-prompt", "desirable-example"),
+                "rewards/rejected": ("per-pair", "per-prompt", "undesirable-example")}
+_LAYOUT_HINTS = {"desirable-example": " (values[labels])",
+                 "undesirable-example": " (values[~labels])",
+                 "per-prompt": " (indexed by group id)"}
+
+
+def _layouts(inputs, rows: torch.Tensor, prompts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The 1-D metric layouts of `inputs`' format, each as the item every entry stands for.
+
+    `rows` names the original row (pair, example or completion) in each row of `inputs`,
+    `prompts` the original prompt behind each group id: arange() for the batch as built,
+    carried along by a reordering, so that metrics can be compared entry by entry."""
+    if isinstance(inputs, (PairwiseLogps, PairwiseScores)):
+        return {"per-pair": rows}
+    if isinstance(inputs, UnpairedLogps):
+        # Values over one class in batch order, as values[labels] / values[~labels] give.
+        return {"per-example": rows, "desirable-example": rows[inputs.labels],
+                "undesirable-example": rows[~inputs.labels]}
+    return {"per-prompt": prompts, "per-completion": rows}
+
+
+def _layouts_of(inputs) -> dict[str, torch.Tensor]:
+    """The layouts of the batch as built; their lengths must differ, or a metric's length
+    would not say which layout it follows."""
+    layouts = _layouts(inputs, torch.arange(_row_count(inputs)),
+                       torch.arange(_prompt_count(inputs)))
+    lengths = [len(ids) for ids in layouts.values()]
+    if len(set(lengths)) != len(lengths) or min(lengths) < 2:
+        raise RuntimeError(f"prefopt.testing: the synthetic batch has metric layouts of "
+                           f"lengths {dict(zip(layouts, lengths))}; they must be distinct "
+                           "and at least 2 (change N_RECORDS or DATA_SEED)")
+    return layouts
+
+
+def _check_metrics(out: LossOutput, name: str, inputs, fmt: BatchFormat) -> None:
     keys = _check_names(out, name)
-    absent = [k for k in PAIRWISE_METRICS if k not in keys]
-    if absent:
-        raise ConformanceError(f"pairwise objectives report {list(PAIRWISE_METRICS)} "
-                               f"(prefopt.objective.preference_metrics); missing {absent}")
+    _check_required(keys, fmt)
+    layouts = _layouts_of(inputs)
     for key, value in out.metrics.items():
-        if not isinstance(value, torch.Tensor) or value.shape not in ((), (n,)):
-            raise ConformanceError(f"metric '{key}' must be a scalar or per-pair [{n}] "
-                                   f"tensor, got {getattr(value, 'shape', type(value))}")
-        if value.requires_grad:
-            raise ConformanceError(f"metric '{key}' carries a gradient: detach it, or it "
-                                   "keeps the whole graph alive until it is logged")
-        if not torch.isfinite(value).all():
-            raise ConformanceError(f"metric '{key}' is not finite: {value}")
+        allowed = {k: v for k, v in layouts.items() if k in SIDE_LAYOUTS.get(key, layouts)}
+        _check_metric_value(key, value, allowed)
 
 
-def _detached(inputs: PairwiseLogps) -> PairwiseLogps:
-    return PairwiseLogps(**{f.name: None if getattr(inputs, f.name) is None
-                            else getattr(inputs, f.name).detach()
-                            for f in dataclasses.fields(inputs)})
+def _check_names(out: LossOutput, name: str) -> set[str]:
+    """Metric names are the shared schema's or under `<name>/`, never the module's own."""
+    keys = set(out.metrics)
+    owned = sorted(keys & set(MODULE_METRICS))
+    if owned:
+        raise ConformanceError(f"metrics {owned} are logged by the training module itself; "
+                               f"put objective-specific values under '{name}/'")
+    stray = sorted(k for k in keys - set(REWARD_METRICS) if not k.startswith(f"{name}/"))
+    if stray:
+        raise ConformanceError(f"metric names {stray} are neither in the shared schema "
+                               f"{list(REWARD_METRICS)} nor under '{name}/'")
+    return keys
 
 
-def _differences(a: LossOutput, b: LossOutput, permutation=None) -> list[tuple[str, float]]:
+def _check_required(keys: set[str], fmt: BatchFormat) -> None:
+    required = REQUIRED_METRICS[fmt]
+    absent = [k for k in required if k not in keys]
+    if absent:
+        why = "; prefopt-train keeps the checkpoint with the best val/rewards/accuracies" \
+            if "rewards/accuracies" in absent else ""
+        raise ConformanceError(f"{fmt.value} objectives report {list(required)}"
+                               f"{_HELPERS.get(fmt, '')}; missing {absent}{why}")
+
+
+def _check_metric_value(key: str, value, allowed: dict[str, torch.Tensor]) -> None:
+    """A detached, finite scalar or 1-D tensor in one of the `allowed` layouts."""
+    if not isinstance(value, torch.Tensor):
+        raise ConformanceError(f"metric '{key}' must be a tensor, got {type(value).__name__}")
+    if value.ndim != 0 and not any(value.shape == (len(ids),) for ids in allowed.values()):
+        options = " or ".join(f"{layout} [{len(ids)}]{_LAYOUT_HINTS.get(layout, '')}"
+                              for layout, ids in allowed.items())
+        raise ConformanceError(f"metric '{key}' must be a scalar or a {options} tensor, got "
+                               f"shape {list(value.shape)}")
+    if value.requires_grad:
+        raise ConformanceError(f"metric '{key}' carries a gradient: detach it, or it keeps "
+                               "the whole graph alive until it is logged")
+    if not torch.isfinite(value).all():
+        raise ConformanceError(f"metric '{key}' is not finite: {value}")
+
+
+def _differences(a: LossOutput, b: LossOutput, alignment: dict[int, torch.Tensor]
+                 ) -> list[tuple[str, float]]:
     """(quantity, largest absolute difference) for the loss and every metric that differ
-    beyond tolerance; per-pair values of `a` are permuted first when given a permutation."""
+    beyond tolerance. A 1-D metric of `a` is first taken in the order `alignment` gives
+    for its length (its layout's): entry k of `b` should be entry alignment[k] of `a`."""
     found = []
     keys = ["loss", *a.metrics, *(k for k in b.metrics if k not in a.metrics)]
     for key in keys:
@@ -517,49 +608,178 @@ def _differences(a: LossOutput, b: LossOutput, permutation=None) -> list[tuple[s
             found.append((key, math.inf))
             continue
         x, y = x.detach().double(), y.detach().double()
-        if permutation is not None and x.ndim == 1:
-            x = x[permutation]
+        if x.ndim == 1 and len(x) in alignment:
+            x = x[alignment[len(x)]]
         if not torch.allclose(x, y, rtol=RTOL, atol=ATOL):
             found.append((key, float((x - y).abs().max())))
     return found
 
 
-def _check_reference_free(objective: Objective, inputs: PairwiseLogps,
-                          case: PairwiseCase) -> None:
-    base = objective.loss(inputs)  # what PreferenceModule passes: no reference at all
+# -- reference-free ---------------------------------------------------------------------
+
+REFERENCE_FREE_NOT_APPLICABLE = "reference-free: not applicable (reward models score " \
+    "without a reference)"
+# The policy field each reference field mirrors, per log-prob input type.
+REFERENCE_FIELDS = {PairwiseLogps: {"ref_chosen": "chosen", "ref_rejected": "rejected"},
+                    UnpairedLogps: {"ref_logps": "logps"},
+                    RankedLogps: {"ref_logps": "logps"}}
+
+
+def _check_reference_free(objective: Objective, inputs, batch) -> list[str]:
+    """An objective declaring needs().reference False must ignore any reference log-probs
+    it is handed. Returns the check's name, or says why it does not apply."""
+    needs = objective.needs()
+    if needs.reward_model:
+        return [REFERENCE_FREE_NOT_APPLICABLE]
+    if needs.reference:
+        return []  # it uses the reference: there is no property to check
+    reference = _reference_logps(objective, batch)
     generator = torch.Generator().manual_seed(1)
-    for label, chosen, rejected in [
-            ("the reference model's log-probs", case.reference_chosen, case.reference_rejected),
-            ("perturbed reference log-probs",
-             case.reference_chosen + 3.0 * torch.randn(case.reference_chosen.shape,
-                                                       generator=generator),
-             case.reference_rejected - 3.0 * torch.randn(case.reference_rejected.shape,
-                                                         generator=generator))]:
-        given = dataclasses.replace(inputs, ref_chosen=chosen, ref_rejected=rejected)
+    perturbed = {k: v + 3.0 * torch.randn(v.shape, generator=generator)
+                 for k, v in reference.items()}
+    base = objective.loss(inputs)  # what PreferenceModule passes: no reference at all
+    for label, given in [("the reference model's log-probs", reference),
+                         ("perturbed reference log-probs", perturbed)]:
         try:
-            out = objective.loss(given)
+            out = objective.loss(dataclasses.replace(inputs, **given))
         except Exception as exc:
             raise ConformanceError(f"needs().reference is False, but loss() fails when "
                                    f"handed {label}: {type(exc).__name__}: {exc}") from exc
-        for key, diff in _differences(base, out)[:1]:
+        for key, diff in _differences(base, out, {})[:1]:
             raise ConformanceError(f"needs().reference is False, but '{key}' changes by "
                                    f"{diff:.3g} when the objective is handed {label} "
                                    "instead of none: it uses the reference")
+    return ["reference-free"]
 
 
-def _check_batch_order(objective: Objective, inputs: PairwiseLogps) -> None:
-    n = len(inputs.chosen)
+def _reference_logps(objective: Objective, batch) -> dict[str, torch.Tensor]:
+    """The reference model's log-probs for the rows of `batch`, by reference field: what
+    loss_inputs computes with the reference model in the policy's place."""
+    reference, _ = _models(reward_head=False)
+    with torch.no_grad():
+        inputs, _ = _module(reference, None, objective).loss_inputs(batch)
+    return {ref: getattr(inputs, field) for ref, field in REFERENCE_FIELDS[type(inputs)].items()}
+
+
+# -- batch and listing order ------------------------------------------------------------
+
+@dataclass
+class _Reordering:
+    """A reordering of the inputs that must not change the loss."""
+
+    check: str  # its name in the list of checks that ran
+    moved: str  # what it reorders, for the message
+    rule: str  # what must hold, for the message
+    make: typing.Callable  # (inputs, generator) -> (reordered, rows, prompts)
+    moves: tuple[str, ...]  # the layouts whose order it must change
+
+
+def _reorderings(inputs) -> list[_Reordering]:
+    """The reorderings that must not matter to inputs of this type."""
+    if isinstance(inputs, (PairwiseLogps, PairwiseScores)):
+        return [_Reordering(
+            check="batch order", moved="the order of the pairs in the batch",
+            rule="per-pair metrics must be permuted with the pairs, the loss unchanged",
+            make=_reorder_rows, moves=("per-pair",))]
+    if isinstance(inputs, UnpairedLogps):
+        # kl_ratio stays as it is: prefopt-train estimates it from the batch as collated
+        # (each prompt with the next record's completion), so re-collating in another order
+        # may change it; reordering the inputs themselves must not change the rest.
+        return [_Reordering(
+            check="batch order",
+            moved="the order of the examples in the batch (kl_ratio held fixed)",
+            rule="per-example metrics must be permuted with the examples, metrics over one "
+                 "class keep that class's batch order, the loss unchanged",
+            make=_reorder_rows,
+            moves=("per-example", "desirable-example", "undesirable-example"))]
+    return [_Reordering(
+                check="batch order",
+                moved="the order of the prompts in the batch (group ids relabelled, each "
+                      "prompt's completions moved with it)",
+                rule="per-prompt and per-completion metrics must be permuted with them, "
+                     "the loss unchanged",
+                make=_reorder_prompts, moves=("per-prompt", "per-completion")),
+            _Reordering(
+                check="listing order",
+                moved="the order in which each prompt's completions are listed",
+                rule="ranks, not positions, say which completion is better; per-completion "
+                     "metrics move with the completions",
+                make=_reorder_listing, moves=("per-completion",))]
+
+
+def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random order of n items in which none keeps its place (n < 2: as they are)."""
     if n < 2:
-        raise ConformanceError("the synthetic batch has fewer than two pairs")
-    # Reverse then rotate by one: no pair keeps its place, so any positional effect shows.
-    permutation = torch.arange(n).flip(0).roll(1)
-    permuted = PairwiseLogps(**{f.name: None if getattr(inputs, f.name) is None
-                                else getattr(inputs, f.name)[permutation]
-                                for f in dataclasses.fields(inputs)})
-    base, out = objective.loss(inputs), objective.loss(permuted)
-    for key, diff in _differences(base, out, permutation)[:1]:
+        return torch.arange(n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if bool((order != torch.arange(n)).all()):
+            return order
+
+
+def _take_rows(inputs, rows: torch.Tensor):
+    """`inputs` with every per-row field in the order `rows`; per-batch fields unchanged."""
+    return dataclasses.replace(inputs, **{k: v[rows] for k, v in _tensors(inputs).items()
+                                          if v.ndim >= 1})
+
+
+def _reorder_rows(inputs, generator):
+    rows = _derangement(_row_count(inputs), generator)
+    return _take_rows(inputs, rows), rows, rows
+
+
+def _prompt_rows(group: torch.Tensor, prompts) -> list[torch.Tensor]:
+    return [torch.nonzero(group == g).flatten() for g in prompts]
+
+
+def _reorder_prompts(inputs, generator):
+    """The prompts in another order, as collating their records in that order would give:
+    group ids 0..G-1 in the new order, each prompt's rows moved with it, in their order."""
+    order = _derangement(_prompt_count(inputs), generator)  # new prompt j: old order[j]
+    rows = torch.cat(_prompt_rows(inputs.group, order))
+    relabel = torch.empty_like(order)
+    relabel[order] = torch.arange(len(order))
+    reordered = dataclasses.replace(_take_rows(inputs, rows), group=relabel[inputs.group[rows]])
+    return reordered, rows, order
+
+
+def _reorder_listing(inputs, generator):
+    """Each prompt's completions listed in another order; rows stay grouped by prompt, as
+    prefopt-train collates them, and group ids are unchanged."""
+    prompts = torch.arange(_prompt_count(inputs))
+    rows = torch.cat([members[_derangement(len(members), generator)]
+                      for members in _prompt_rows(inputs.group, prompts)])
+    return _take_rows(inputs, rows), rows, prompts
+
+
+def _alignment(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Index i with after == before[i], for two orders of the same items."""
+    position = {int(item): i for i, item in enumerate(before)}
+    return torch.tensor([position[int(item)] for item in after], dtype=torch.long)
+
+
+def _reordered(inputs, reordering: _Reordering) -> tuple[object, dict[int, torch.Tensor]]:
+    """The inputs reordered, and the alignment of each layout by its length. Drawn from a
+    fixed seed until every layout in `reordering.moves` changes order (a class of unpaired
+    examples may keep its order by chance), so a positional metric of any layout shows."""
+    before = _layouts_of(inputs)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        reordered, rows, prompts = reordering.make(inputs, generator)
+        after = _layouts(reordered, rows, prompts)
+        alignment = {name: _alignment(before[name], after[name]) for name in before}
+        if all(not torch.equal(alignment[name], torch.arange(len(alignment[name])))
+               for name in reordering.moves):
+            return reordered, {len(index): index for index in alignment.values()}
+    raise RuntimeError(f"prefopt.testing: no reordering for '{reordering.check}' changes the "
+                       f"order of every layout in {reordering.moves}")
+
+
+def _check_order(objective: Objective, inputs, reordering: _Reordering) -> None:
+    reordered, alignment = _reordered(inputs, reordering)
+    base, out = objective.loss(inputs), objective.loss(reordered)
+    for key, diff in _differences(base, out, alignment)[:1]:
         what = "the loss" if key == "loss" else f"metric '{key}'"
-        raise ConformanceError(f"{what} depends on the order of the pairs in the batch: it "
-                               f"differs by {diff:.3g} after a permutation (tolerance "
-                               f"rtol={RTOL}, atol={ATOL}); per-pair metrics must be "
-                               "permuted with the pairs, the loss unchanged")
+        raise ConformanceError(f"{what} depends on {reordering.moved}: it differs by "
+                               f"{diff:.3g} after a reordering (tolerance rtol={RTOL}, "
+                               f"atol={ATOL}); {reordering.rule}")

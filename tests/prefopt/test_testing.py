@@ -1,5 +1,6 @@
 """The conformance kit: the built-ins pass it, and each kind of violation is caught."""
 
+import dataclasses
 import importlib
 import sys
 import textwrap
@@ -8,13 +9,25 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from prefopt import registry
+from prefopt import registry, testing
 from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
                                preference_metrics)
 from prefopt.plugins.dpo import DPO
 from prefopt.plugins.ipo import IPO
-from prefopt.testing import (ConformanceError, check_config, check_declaration,
+from prefopt.plugins.kto import KTO
+from prefopt.plugins.kwise import plackett_luce_nll, ranking_metrics
+from prefopt.plugins.reward_models import RewardBT, RewardPL, bradley_terry_loss
+from prefopt.testing import (REFERENCE_FIELDS, REFERENCE_FREE_NOT_APPLICABLE,
+                             ConformanceError, check_config, check_declaration,
                              check_entry_point, check_loss, check_objective)
+
+NOT_APPLICABLE = REFERENCE_FREE_NOT_APPLICABLE
+
+
+def tensor_checks(ran):
+    """The tensor checks of one configuration, in the order they ran."""
+    return [c for c in ran if c not in ("declaration", "entry point") and
+            not c.startswith("config ")]
 
 
 def test_dpo_conforms_in_every_mode():
@@ -22,18 +35,32 @@ def test_dpo_conforms_in_every_mode():
         DPO.Config(),
         DPO.Config(reference_free=True, length_normalize=True, label_smoothing=0.1)])
     assert ran.count("reference-free") == 1  # only the reference-free configuration
-    assert {"entry point", "config round trip", "config unknown key", "config types",
-            "loss and gradients", "metric names", "batch order"} <= set(ran)
+    assert {"entry point", "config round trip", "config unknown key", "config types"} <= set(ran)
+    assert tensor_checks(ran) == [
+        "loss and gradients", "metric names", "batch order",
+        "loss and gradients", "metric names", "reference-free", "batch order"]
 
 
-def test_ipo_conforms():
-    assert "batch order" in check_objective(IPO, "ipo")
+@pytest.mark.parametrize("name,checks", [
+    ("ipo", ["loss and gradients", "metric names", "batch order"]),
+    ("kto", ["loss and gradients", "metric names", "batch order"]),
+    ("kwise", ["loss and gradients", "metric names", "batch order", "listing order"]),
+    ("reward_bt", ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order"]),
+    ("reward_pl", ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order",
+                   "listing order"]),
+])
+def test_builtins_of_every_format_conform(name, checks):
+    ran = check_objective(registry.load(name), name)
+    assert tensor_checks(ran) == checks
 
+
+# -- correct toy objectives, one per format; the broken ones below change one thing -----
 
 class Margin(Objective):
-    """A correct reference-free objective; the broken ones below change one thing."""
+    """A correct reference-free pairwise objective."""
 
     batch_format = BatchFormat.PAIRWISE
+    kit_name = "margin"  # the name the checks below run it under
 
     @dataclass
     class Config(ObjectiveConfig):
@@ -51,27 +78,277 @@ class Margin(Objective):
         return LossOutput(losses.mean(), preference_metrics(chosen, rejected))
 
 
+class Desirability(Margin):
+    """A correct reference-free unpaired objective: desirable log-probs up, others down."""
+
+    batch_format = BatchFormat.UNPAIRED
+    kit_name = "desirability"
+
+    def loss(self, inputs):
+        sign = inputs.labels.float() * 2 - 1
+        rewards = inputs.logps / inputs.tokens.clamp(min=1)
+        losses = torch.nn.functional.softplus(-sign * rewards)
+        r = rewards.detach()
+        return LossOutput(losses.mean(), {
+            "rewards/chosen": r[inputs.labels], "rewards/rejected": r[~inputs.labels],
+            "rewards/accuracies": (sign * r > 0).float()})
+
+
+class Listwise(Margin):
+    """A correct reference-free ranked objective: Plackett-Luce on the log-probs."""
+
+    batch_format = BatchFormat.RANKED
+    kit_name = "listwise"
+
+    def ranks(self, inputs):
+        return inputs.ranks
+
+    def loss(self, inputs):
+        ranks = self.ranks(inputs)
+        losses = plackett_luce_nll(inputs.logps, ranks, inputs.group)
+        return LossOutput(losses.mean(), ranking_metrics(inputs.logps, ranks, inputs.group))
+
+
 def run(cls):
-    return check_loss(cls(cls.Config(name="margin")), "margin")
+    return check_loss(cls(cls.Config(name=cls.kit_name)), cls.kit_name)
 
 
-def test_the_base_case_passes():
-    assert run(Margin) == ["loss and gradients", "metric names", "reference-free",
-                           "batch order"]
+@pytest.mark.parametrize("cls,orders", [(Margin, ["batch order"]),
+                                        (Desirability, ["batch order"]),
+                                        (Listwise, ["batch order", "listing order"])])
+def test_the_base_cases_pass(cls, orders):
+    assert run(cls) == ["loss and gradients", "metric names", "reference-free", *orders]
 
 
-def test_reference_free_that_reads_the_reference():
-    class Peeks(Margin):
+def test_the_kit_leaves_the_random_state_alone():
+    testing._models.cache_clear()  # building the models is what draws random numbers
+    state = torch.random.get_rng_state()
+    run(Margin)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# -- formats and needs prefopt-train cannot feed ----------------------------------------
+
+@pytest.mark.parametrize("fmt", [BatchFormat.ATTRIBUTED, BatchFormat.PROMPTS])
+def test_formats_prefopt_train_cannot_feed(fmt):
+    class Unfed(Margin):
+        batch_format = fmt
+
+    with pytest.raises(ConformanceError, match=rf"consumes {fmt.value} records, which "
+                                               r"prefopt-train cannot feed yet"):
+        run(Unfed)
+
+
+@pytest.mark.parametrize("needs,message", [
+    (Needs(reference=False, reward_model=True),
+     r"trains a reward model on unpaired records, which prefopt-train cannot feed yet"),
+    (Needs(reference=False, mismatched_pairs=True),
+     r"declares needs\(\)\.mismatched_pairs without needs\(\)\.reference"),
+])
+def test_needs_prefopt_train_cannot_feed(needs, message):
+    class Unfed(Desirability):
+        def needs(self):
+            return needs
+
+    with pytest.raises(ConformanceError, match=message):
+        run(Unfed)
+
+
+# -- loss and gradients -----------------------------------------------------------------
+
+def test_loss_without_gradient():
+    class Detached(Margin):
         def rewards(self, inputs):
-            if inputs.ref_chosen is None:
-                return inputs.chosen, inputs.rejected
-            return inputs.chosen - inputs.ref_chosen, inputs.rejected - inputs.ref_rejected
+            return inputs.chosen.detach(), inputs.rejected.detach()
+
+    with pytest.raises(ConformanceError, match=r"the loss carries no gradient: it does not "
+                                               r"depend on the policy's log-probs"):
+        run(Detached)
+
+
+@pytest.mark.parametrize("cls", [RewardBT, RewardPL])
+def test_reward_model_loss_that_detaches_the_scores(cls):
+    class Detached(cls):
+        def loss(self, inputs):
+            return super().loss(dataclasses.replace(inputs, **{
+                f.name: getattr(inputs, f.name).detach() for f in dataclasses.fields(inputs)}))
+
+    name = {RewardBT: "reward_bt", RewardPL: "reward_pl"}[cls]
+    with pytest.raises(ConformanceError, match=r"the loss carries no gradient: it does not "
+                                               r"depend on the reward model's scores"):
+        check_loss(Detached(Detached.Config(name=name)), name)
+
+
+def test_non_finite_loss():
+    class Exploding(Margin):
+        def rewards(self, inputs):
+            return inputs.chosen * float("inf"), inputs.rejected
+
+    with pytest.raises(ConformanceError, match=r"the loss is not finite on the tiny model"):
+        run(Exploding)
+
+
+def test_non_finite_gradients():
+    class Steep(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            # sqrt at 0: a finite loss whose derivative is infinite.
+            return LossOutput(out.loss + (inputs.chosen - inputs.chosen.detach()).sqrt().sum(),
+                              out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"non-finite gradients in 21 of 21 policy "
+                                               r"parameters"):
+        run(Steep)
+
+
+def test_all_zero_gradients():
+    class Flat(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            return LossOutput(0.0 * out.loss, out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"every policy gradient is exactly zero"):
+        run(Flat)
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,message", [
+    ("margin_gap", r"metric names \['margin_gap'\] are neither in the shared schema"),
+    ("dpo/gap", r"metric names \['dpo/gap'\] are neither .* nor under 'margin/'"),
+    ("rewards/gap", r"metric names \['rewards/gap'\] are neither in the shared schema"),
+    ("kl", r"metrics \['kl'\] are logged by the training module itself"),
+])
+def test_metric_names_follow_the_schema(key, message):
+    class Named(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics[key] = torch.tensor(0.0)
+            return out
+
+    with pytest.raises(ConformanceError, match=message):
+        run(Named)
+
+
+def test_missing_reward_metrics():
+    class Quiet(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            del out.metrics["rewards/margins"]
+            return out
+
+    with pytest.raises(ConformanceError, match=r"pairwise objectives report .* \(prefopt\."
+                                               r"objective\.preference_metrics computes them\); "
+                                               r"missing \['rewards/margins'\]$"):
+        run(Quiet)
+
+
+def test_unpaired_objective_without_accuracies_fails():
+    class NoAccuracy(KTO):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            del out.metrics["rewards/accuracies"]
+            return out
+
+    with pytest.raises(ConformanceError, match=r"unpaired objectives report "
+                                               r"\['rewards/accuracies'\]; missing "
+                                               r"\['rewards/accuracies'\]; prefopt-train keeps "
+                                               r"the checkpoint with the best"):
+        check_loss(NoAccuracy(NoAccuracy.Config(name="kto")), "kto")
+
+
+def test_unpaired_objective_needs_only_accuracies():
+    # A batch may lack a class, and with it chosen / rejected rewards and margins.
+    class AccuracyOnly(Desirability):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            return LossOutput(out.loss, {"rewards/accuracies": out.metrics["rewards/accuracies"]})
+
+    assert "metric names" in run(AccuracyOnly)
+
+
+def test_metric_that_keeps_the_graph():
+    class Attached(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics["margin/raw"] = inputs.chosen - inputs.rejected
+            return out
+
+    with pytest.raises(ConformanceError, match=r"metric 'margin/raw' carries a gradient"):
+        run(Attached)
+
+
+def test_non_finite_metric():
+    class Undefined(Margin):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics["margin/ratio"] = torch.zeros(len(inputs.chosen)) / 0.0
+            return out
+
+    with pytest.raises(ConformanceError, match=r"metric 'margin/ratio' is not finite"):
+        run(Undefined)
+
+
+@pytest.mark.parametrize("cls,key,value,message", [
+    (Margin, "margin/table", lambda i: torch.zeros(len(i.chosen), 2),
+     r"metric 'margin/table' must be a scalar or a per-pair \[7\] tensor, got shape \[7, 2\]"),
+    # rewards/chosen of an unpaired objective covers the desirable examples only.
+    (Desirability, "rewards/chosen", lambda i: i.logps.detach(),
+     r"metric 'rewards/chosen' must be a scalar or a desirable-example \[4\] "
+     r"\(values\[labels\]\) tensor, got shape \[7\]"),
+    (Desirability, "desirability/extra", lambda i: torch.zeros(len(i.logps) + 1),
+     r"metric 'desirability/extra' must be a scalar or a per-example \[7\] or "
+     r"desirable-example \[4\] .* or undesirable-example \[3\] .* tensor, got shape \[8\]"),
+    (Listwise, "listwise/table", lambda i: i.logps.detach().reshape(7, 4),
+     r"metric 'listwise/table' must be a scalar or a per-prompt \[7\] \(indexed by group "
+     r"id\) or per-completion \[28\] tensor, got shape \[7, 4\]"),
+    # rewards/rejected of a ranking is per prompt (its worst completions), not per completion.
+    (Listwise, "rewards/rejected", lambda i: i.logps.detach(),
+     r"metric 'rewards/rejected' must be a scalar or a per-prompt \[7\] .* tensor, got "
+     r"shape \[28\]"),
+])
+def test_metric_of_the_wrong_shape(cls, key, value, message):
+    class Shaped(cls):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics[key] = value(inputs)
+            return out
+
+    with pytest.raises(ConformanceError, match=message):
+        run(Shaped)
+
+
+# -- reference-free ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [Margin, Desirability, Listwise])
+def test_reference_free_that_reads_the_reference(cls):
+    class Peeks(cls):
+        def loss(self, inputs):
+            # Log-ratios whenever reference log-probs are there: it does use the reference.
+            ratios = {policy: getattr(inputs, policy) - getattr(inputs, ref)
+                      for ref, policy in REFERENCE_FIELDS[type(inputs)].items()
+                      if getattr(inputs, ref) is not None}
+            return super().loss(dataclasses.replace(inputs, **ratios))
 
     with pytest.raises(ConformanceError, match=r"needs\(\)\.reference is False, but 'loss' "
                                                r"changes by [0-9.e+-]+ when the objective is "
                                                r"handed the reference model's log-probs"):
         run(Peeks)
 
+
+def test_reference_free_that_fails_on_reference_log_probs():
+    class Refuses(Margin):
+        def loss(self, inputs):
+            if inputs.ref_chosen is not None:
+                raise ValueError("reference log-probs given")
+            return super().loss(inputs)
+
+    with pytest.raises(ConformanceError, match=r"loss\(\) fails when handed the reference "
+                                               r"model's log-probs: ValueError"):
+        run(Refuses)
+
+
+# -- batch and listing order ------------------------------------------------------------
 
 def test_loss_that_depends_on_batch_order():
     class Positional(Margin):
@@ -98,92 +375,96 @@ def test_per_pair_metric_not_permuted_with_the_pairs():
         run(Indexed)
 
 
-@pytest.mark.parametrize("key,message", [
-    ("margin_gap", r"metric names \['margin_gap'\] are neither in the shared schema"),
-    ("dpo/gap", r"metric names \['dpo/gap'\] are neither .* nor under 'margin/'"),
-    ("kl", r"metrics \['kl'\] are logged by the training module itself"),
-])
-def test_metric_names_follow_the_schema(key, message):
-    class Named(Margin):
+def test_reward_model_loss_that_depends_on_batch_order():
+    class Positional(RewardBT):
         def loss(self, inputs):
             out = super().loss(inputs)
-            out.metrics[key] = torch.tensor(0.0)
-            return out
+            weights = torch.linspace(0.5, 1.5, len(inputs.chosen))
+            losses = bradley_terry_loss(inputs.chosen, inputs.rejected, inputs.margins)
+            return LossOutput((weights * losses).mean(), out.metrics)
 
-    with pytest.raises(ConformanceError, match=message):
-        run(Named)
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order of the pairs"):
+        check_loss(Positional(Positional.Config(name="reward_bt")), "reward_bt")
 
 
-def test_missing_reward_metrics():
-    class Quiet(Margin):
+def test_kto_whose_loss_depends_on_batch_order_beyond_kl_ratio():
+    class FirstExampleZ0(KTO):
+        def loss(self, inputs):
+            # The reference point from whichever example comes first: not KTO's estimate.
+            z0 = (inputs.logps[0] - inputs.ref_logps[0]).detach().abs()
+            return super().loss(dataclasses.replace(inputs, kl_ratio=z0))
+
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order of the "
+                                               r"examples in the batch \(kl_ratio held fixed\)"):
+        check_loss(FirstExampleZ0(FirstExampleZ0.Config(name="kto")), "kto")
+
+
+def test_metric_over_one_class_not_reordered_with_it():
+    class Indexed(Desirability):
         def loss(self, inputs):
             out = super().loss(inputs)
-            del out.metrics["rewards/accuracies"]
+            # The desirable examples' length, but not their values: a position in the class.
+            out.metrics["desirability/position"] = torch.arange(int(inputs.labels.sum())).float()
             return out
 
-    with pytest.raises(ConformanceError, match=r"missing \['rewards/accuracies'\]"):
-        run(Quiet)
+    with pytest.raises(ConformanceError, match=r"metric 'desirability/position' depends on "
+                                               r"the order of the examples in the batch"):
+        run(Indexed)
 
 
-def test_metric_that_keeps_the_graph():
-    class Attached(Margin):
+def test_per_prompt_metric_not_reordered_with_the_prompts():
+    class Indexed(Listwise):
         def loss(self, inputs):
             out = super().loss(inputs)
-            out.metrics["margin/raw"] = inputs.chosen - inputs.rejected
+            out.metrics["listwise/group"] = torch.arange(int(inputs.group.max()) + 1).float()
             return out
 
-    with pytest.raises(ConformanceError, match=r"metric 'margin/raw' carries a gradient"):
-        run(Attached)
+    with pytest.raises(ConformanceError, match=r"metric 'listwise/group' depends on the order "
+                                               r"of the prompts in the batch"):
+        run(Indexed)
 
 
-def test_loss_without_gradient():
-    class Detached(Margin):
-        def rewards(self, inputs):
-            return inputs.chosen.detach(), inputs.rejected.detach()
-
-    with pytest.raises(ConformanceError, match=r"carries no gradient"):
-        run(Detached)
+def listing_positions(group):
+    """Each row's position among its prompt's rows (rows are grouped by prompt)."""
+    return torch.cat([torch.arange(int(n)) for n in torch.bincount(group)])
 
 
-def test_non_finite_loss():
-    class Exploding(Margin):
-        def rewards(self, inputs):
-            return inputs.chosen * float("inf"), inputs.rejected
+def test_ranked_loss_that_depends_on_listing_order():
+    class ListedFirstIsBest(Listwise):
+        def ranks(self, inputs):
+            return listing_positions(inputs.group)
 
-    with pytest.raises(ConformanceError, match=r"the loss is not finite on the tiny model"):
-        run(Exploding)
-
-
-@pytest.mark.parametrize("name", ["kto", "kwise", "reward_bt", "reward_pl"])
-def test_builtins_of_every_format_conform(registered, name):
-    from prefopt import registry
-
-    ran = check_objective(registry.load(name), name)
-    assert {"loss and gradients", "metric names"} <= set(ran)
-    assert "batch order" not in ran  # defined for pairwise log-prob objectives only
+    # Reordering whole prompts keeps each prompt's listing: only the listing check sees it.
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order in which each "
+                                               r"prompt's completions are listed: it differs "
+                                               r"by [0-9.e+-]+ .* ranks, not positions"):
+        run(ListedFirstIsBest)
 
 
-def test_unpaired_objective_without_accuracies_fails(registered):
-    from prefopt.plugins.kto import KTO
-
-    class NoAccuracy(KTO):
+def test_per_completion_metric_that_stays_in_place():
+    class Indexed(Listwise):
         def loss(self, inputs):
             out = super().loss(inputs)
-            del out.metrics["rewards/accuracies"]
+            out.metrics["listwise/position"] = listing_positions(inputs.group).float()
             return out
 
-    with pytest.raises(ConformanceError, match=r"every objective reports 'rewards/accuracies'"):
-        check_loss(NoAccuracy(NoAccuracy.Config(name="kto")), "kto")
+    with pytest.raises(ConformanceError, match=r"metric 'listwise/position' depends on the "
+                                               r"order in which each prompt's completions"):
+        run(Indexed)
 
 
-def test_formats_prefopt_train_cannot_feed():
-    class Attributed(Margin):
-        batch_format = BatchFormat.ATTRIBUTED
+def test_reward_model_on_rankings_that_depends_on_listing_order():
+    class ListedFirstIsBest(RewardPL):
+        def loss(self, inputs):
+            ranks = listing_positions(inputs.group)
+            return super().loss(dataclasses.replace(inputs, ranks=ranks))
 
-    with pytest.raises(ConformanceError, match=r"consumes attributed records, which "
-                                               r"prefopt-train cannot feed yet"):
-        run(Attributed)
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order in which each "
+                                               r"prompt's completions are listed"):
+        check_loss(ListedFirstIsBest(ListedFirstIsBest.Config(name="reward_pl")), "reward_pl")
 
+
+# -- declaration, entry point and config ------------------------------------------------
 
 def test_declaration_checks():
     class Undescribed(Margin):
