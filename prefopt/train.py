@@ -56,6 +56,7 @@ def build(cfg: DictConfig):
         raise registry.PluginError(
             f"objective '{objective.config.name}' consumes {objective.batch_format.value} "
             f"records; prefopt-train feeds {', '.join(f.value for f in FED_FORMATS)}")
+    _check_feedable(objective, needs)
     model_cfg = OmegaConf.to_object(cfg.model)
     tokenizer = build_tokenizer(model_cfg)
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
@@ -92,6 +93,18 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     with warnings.catch_warnings():
         _quiet_expected_warnings()
         return _fit(cfg, out, module, datamodule, tokenizer)
+
+
+def _check_feedable(objective, needs) -> None:
+    """Needs the module cannot serve: refused here, not discovered mid-step."""
+    name = objective.config.name
+    if needs.reward_model and objective.batch_format == BatchFormat.UNPAIRED:
+        raise registry.PluginError(f"objective '{name}': a reward model scores pairs or "
+                                   "rankings; prefopt-train has no loss input for a reward "
+                                   "model on unpaired records")
+    if needs.mismatched_pairs and not needs.reference:
+        raise registry.PluginError(f"objective '{name}' asks for mismatched_pairs (a KL "
+                                   "estimate against the reference) without a reference")
 
 
 def _check_cacheable(objective, needs) -> None:

@@ -42,3 +42,20 @@ def test_reference_required(tiny_model):
     with pytest.raises(ValueError, match="needs a reference model"):
         PreferenceModule(tiny_model, None, DPO(DPO.Config(name="dpo")), OptimizerConfig(),
                          SchedulerConfig())
+
+
+@pytest.mark.parametrize("needs,message", [
+    (dict(reward_model=True, reference=False), "reward model on unpaired records"),
+    (dict(mismatched_pairs=True, reference=False), "mismatched_pairs .* without a reference"),
+])
+def test_build_refuses_needs_the_module_cannot_serve(needs, message):
+    from prefopt.objective import BatchFormat, Needs
+    from prefopt.plugins.kto import KTO
+    from prefopt.registry import PluginError
+    from prefopt.train import _check_feedable
+
+    objective = KTO(KTO.Config(name="odd"))
+    assert objective.batch_format == BatchFormat.UNPAIRED
+    with pytest.raises(PluginError, match=message):
+        _check_feedable(objective, Needs(**needs))
+    _check_feedable(objective, objective.needs())  # KTO itself is fine
