@@ -12,6 +12,13 @@
    win rate (Dubois et al. 2024, arXiv:2404.04475) removes the part of the preference that
    the length difference explains: a logistic regression of the win on the
    length difference (scaled by its std), read at a difference of zero: σ(intercept).
+3. For a SteerLM run (objective=steerlm), steering obedience: the policy answers the
+   held-out prompts with requested attribute values, and the share of answers that have
+   them is measured, before training (the initial policy), after training, and after
+   training with an empty attribute line (what chance gives a model that is not
+   steered). On the built-in task the requests are the best quality with a random order
+   and length, measured by program (`synthetic.measure_attributes`); on other data they
+   are the held-out responses' own steerable values, measured by `--attribute-model`.
 Results are printed as a table and written as JSON (default <run>/eval.json).
 """
 
@@ -80,8 +87,61 @@ def win_rates(policy_scores, reference_scores, policy_lengths, reference_lengths
                                                         dtype=torch.float64).mean())}
 
 
+def obedience(requests: list[dict[str, float]], measured: list[dict]) -> dict[str, float]:
+    """Share of answers whose measured value equals the requested one, per attribute and
+    for all requested attributes at once (`all`)."""
+    names = sorted({n for r in requests for n in r})
+    rates = {}
+    for name in names:
+        hits = [m.get(name) == r[name] for r, m in zip(requests, measured) if name in r]
+        rates[name] = sum(hits) / len(hits)
+    rates["all"] = sum(all(m.get(n) == v for n, v in r.items())
+                       for r, m in zip(requests, measured)) / max(len(requests), 1)
+    return rates
+
+
+def steering(policy, initial, tokenizer, schema, records, builtin: bool, max_prompts: int,
+             generation: GenerationConfig, attribute_model: str | None, seed: int) -> dict:
+    """Obedience of `policy` (and of `initial`, and of `policy` unconditioned)."""
+    from prefopt.data import synthetic
+
+    records = records[:max_prompts]
+    prompts = [r.prompt for r in records]
+    if builtin:
+        requests = synthetic.steering_requests(prompts, seed)
+
+        def measure(answers):
+            return [synthetic.measure_attributes(p, a) for p, a in zip(prompts, answers)]
+    else:
+        if attribute_model is None:
+            raise ValueError("steering obedience on your own data needs --attribute-model "
+                             "(an objective=attribute_model run's policy/) to measure answers")
+        from prefopt.label import AttributeLabeler
+
+        labeler = AttributeLabeler.load(attribute_model)
+        requests = [{n: v for n, v in (r.attributes or ()) if v is not None
+                     and schema.by_name.get(n) and schema.by_name[n].steerable}
+                    for r in records]
+
+        def measure(answers):
+            return labeler.label(prompts, answers)
+
+    def answers(model, asked):
+        return generate(model, tokenizer, prompts, generation, schema=schema, attributes=asked)
+
+    ours = answers(policy, requests)
+    result = {"prompts": len(prompts),
+              "before": obedience(requests, measure(answers(initial, requests))),
+              "after": obedience(requests, measure(ours)),
+              "after_unconditioned": obedience(requests, measure(answers(policy, None)))}
+    result["examples"] = [{"prompt": p, "requested": schema.as_json(r), "answer": a}
+                          for p, r, a in list(zip(prompts, requests, ours))[:5]]
+    return result
+
+
 def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = None,
-             max_prompts: int = 64, generation: GenerationConfig | None = None) -> dict:
+             max_prompts: int = 64, generation: GenerationConfig | None = None,
+             attribute_model: str | None = None) -> dict:
     from prefopt.data.datamodule import load_splits
     from prefopt.train import attach_cached_reference, build
 
@@ -94,7 +154,8 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
     if module.reference_cached:
         attach_cached_reference(cfg, module, datamodule)
     generator_reference = module.reference
-    if generator_reference is None and not uses_lora(module.policy):
+    steered = datamodule.fmt == "attributed" and not module.needs.reward_model
+    if (generator_reference is None or steered) and not uses_lora(module.policy):
         generator_reference = make_reference(module.policy)  # before the trained weights
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.exists():
@@ -108,6 +169,14 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
                trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
     result = {"run": str(run_dir), "data": data or "the run's validation split",
               "objective": cfg.objective.name, "metrics": metrics}
+
+    if steered:
+        records = load_splits(cfg.data, datamodule.fmt, cfg.seed)["val"]
+        result["steering"] = steering(
+            module.policy, generator_reference, tokenizer, datamodule.schema, records,
+            builtin=cfg.data.path is None, max_prompts=max_prompts,
+            generation=generation or GenerationConfig(), attribute_model=attribute_model,
+            seed=cfg.seed)
 
     if reward_model is not None:
         from prefopt.reward import RewardScorer
@@ -144,6 +213,9 @@ def print_result(result: dict) -> None:
     for key, value in result.get("generation", {}).items():
         if isinstance(value, float) and math.isfinite(value):
             table.add_row(f"generation/{key}", f"{value:.4f}")
+    for when in ("before", "after", "after_unconditioned"):
+        for key, value in result.get("steering", {}).get(when, {}).items():
+            table.add_row(f"steering/{when}/{key}", f"{value:.4f}")
     Console().print(table)
 
 
@@ -152,18 +224,22 @@ def main(argv: list[str] | None = None) -> None:
         prog="prefopt-eval", description="Evaluate a prefopt-train run on held-out data: "
         "preference accuracy, reward margins and KL to the reference; with --reward-model, "
         "the win rate (and length-controlled win rate) of the policy's answers against the "
-        "reference's.")
+        "reference's; for a SteerLM run, how often answers have the requested attributes.")
     parser.add_argument("run_dir", type=Path, help="a prefopt-train output directory")
     parser.add_argument("--data", help="held-out records (default: the run's validation split)")
     parser.add_argument("--reward-model", help="a reward model saved by prefopt-train "
                         "(objective=reward_bt or reward_pl) to judge generations")
+    parser.add_argument("--attribute-model", help="an attribute model saved by prefopt-train "
+                        "(objective=attribute_model) to measure a SteerLM policy's answers "
+                        "on your own data (the built-in task is measured by program)")
     parser.add_argument("--max-prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--output", type=Path, help="JSON file (default: <run_dir>/eval.json)")
     args = parser.parse_args(argv)
     try:
         result = evaluate(args.run_dir, args.data, args.reward_model, args.max_prompts,
-                          GenerationConfig(max_new_tokens=args.max_new_tokens))
+                          GenerationConfig(max_new_tokens=args.max_new_tokens),
+                          args.attribute_model)
     except (FileNotFoundError, registry.PluginError, ValueError) as exc:
         sys.exit(f"prefopt-eval: error: {exc}")
     output = args.output or args.run_dir / "eval.json"

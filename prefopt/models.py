@@ -74,11 +74,13 @@ def build_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def build_policy(cfg: ModelConfig, tokenizer, reward_head: bool = False) -> PreTrainedModel:
-    """The model to train: a causal LM, or with `reward_head` a scalar-head reward model
-    (a sequence classifier with one output, read at the last non-padding token)."""
+def build_policy(cfg: ModelConfig, tokenizer, reward_head: bool = False, num_labels: int = 1
+                 ) -> PreTrainedModel:
+    """The model to train: a causal LM, or with `reward_head` a reward model (a sequence
+    classifier read at the last non-padding token) with `num_labels` outputs: 1 for a
+    scalar reward, one per attribute for an attribute model."""
     auto = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
-    head_kwargs = {"num_labels": 1} if reward_head else {}
+    head_kwargs = {"num_labels": num_labels} if reward_head else {}
     if cfg.name_or_path:
         model = auto.from_pretrained(
             cfg.name_or_path, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),

@@ -18,8 +18,9 @@ from transformers import get_scheduler
 from prefopt.data.collate import MISMATCHED_SLOT
 from prefopt.logprobs import SequenceLogps, completion_logps
 from prefopt.models import uses_lora
-from prefopt.objective import (BatchFormat, Objective, PairwiseLogps, PairwiseScores,
-                               RankedLogps, RankedScores, UnpairedLogps)
+from prefopt.objective import (AttributeScores, BatchFormat, Objective, PairwiseLogps,
+                               PairwiseScores, RankedLogps, RankedScores, ResponseLogps,
+                               UnpairedLogps)
 
 _ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
@@ -67,7 +68,9 @@ class NonFiniteError(FloatingPointError):
 class PreferenceModule(pl.LightningModule):
     def __init__(self, policy, reference, objective: Objective, optimizer: OptimizerConfig,
                  scheduler: SchedulerConfig, logprob_impl: str = "auto",
-                 reference_cached: bool = False):
+                 reference_cached: bool = False, schema=None):
+        """`schema`: the AttributeSchema of attributed records (an attribute model's
+        outputs follow its order and scale)."""
         super().__init__()
         self.needs = objective.needs()
         # Reference log-probs come from the batch (`ref_logps`, computed once and cached),
@@ -83,6 +86,13 @@ class PreferenceModule(pl.LightningModule):
         self.objective = objective
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.logprob_impl = logprob_impl
+        self.schema = schema
+        if schema is not None:
+            specs = schema.specs
+            self.register_buffer("_attribute_min", torch.tensor([s.min for s in specs]),
+                                 persistent=False)
+            self.register_buffer("_attribute_scale",
+                                 torch.tensor([s.max - s.min for s in specs]), persistent=False)
 
     def _logps(self, model, batch, grad: bool) -> SequenceLogps:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -122,8 +132,11 @@ class PreferenceModule(pl.LightningModule):
         data = StepData(slot=slot, group=group, ranks=ranks, n_groups=int(group.max()) + 1)
         fmt = self.objective.batch_format
         if self.needs.reward_model:
-            scores = self.policy(input_ids=rows["input_ids"],
-                                 attention_mask=rows["attention_mask"]).logits[:, 0].float()
+            logits = self.policy(input_ids=rows["input_ids"],
+                                 attention_mask=rows["attention_mask"]).logits.float()
+            if fmt == BatchFormat.ATTRIBUTED:
+                return self._attribute_scores(logits, batch["attributes"]), data
+            scores = logits[:, 0]
             if fmt == BatchFormat.PAIRWISE:
                 return PairwiseScores(scores[slot == 0], scores[slot == 1],
                                       batch["margins"]), data
@@ -156,7 +169,21 @@ class PreferenceModule(pl.LightningModule):
                                  kl_ratio), data
         if fmt == BatchFormat.RANKED:
             return RankedLogps(policy.logps, policy.tokens, ranks, group, ref), data
+        if fmt == BatchFormat.ATTRIBUTED:
+            return ResponseLogps(policy.logps, policy.tokens, ref), data
         raise ValueError(f"PreferenceModule does not feed {fmt.value} batches")
+
+    def _attribute_scores(self, predictions: torch.Tensor, values: torch.Tensor
+                          ) -> AttributeScores:
+        if self.schema is None:
+            raise ValueError("an attribute model needs the attribute schema (schema=...)")
+        if predictions.shape[-1] != len(self.schema):
+            raise ValueError(f"the model has {predictions.shape[-1]} outputs, but the "
+                             f"attribute schema has {len(self.schema)} attributes")
+        present = ~torch.isnan(values)
+        targets = (values.nan_to_num(0.0) - self._attribute_min) / self._attribute_scale
+        return AttributeScores(predictions, targets, present, self.schema.names,
+                               self._attribute_scale)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, data = self.loss_inputs(batch)
@@ -165,9 +192,12 @@ class PreferenceModule(pl.LightningModule):
         weights: dict[str, int] = {}  # metrics not weighted by the number of examples
         if data.policy is not None:
             policy, reference = data.policy, data.reference
-            best, worst = self._best_and_worst(data.slot, data.group, data.ranks, batch)
-            metrics["logps/chosen"] = policy.logps[best].detach()
-            metrics["logps/rejected"] = policy.logps[worst].detach()
+            if self.objective.batch_format == BatchFormat.ATTRIBUTED:
+                metrics["logps/response"] = policy.logps.detach()
+            else:
+                best, worst = self._best_and_worst(data.slot, data.group, data.ranks, batch)
+                metrics["logps/chosen"] = policy.logps[best].detach()
+                metrics["logps/rejected"] = policy.logps[worst].detach()
             if reference is not None:
                 # Σ_t log π/π_ref on the data's completions: the k1 estimate of the
                 # sequence KL (exact in expectation on samples of π), per completion.

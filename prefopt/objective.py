@@ -104,6 +104,28 @@ class RankedLogps:
 
 
 @dataclass
+class ResponseLogps:
+    """B responses of attributed records (SteerLM): the attribute line is context, so these
+    are log π(y | x, attributes) summed over the response's tokens."""
+
+    logps: torch.Tensor  # [B]
+    tokens: torch.Tensor  # [B]
+    ref_logps: torch.Tensor | None = None
+
+
+@dataclass
+class AttributeScores:
+    """An attribute model's predictions for B responses, on the schema's [0, 1] scale
+    ((value - min) / (max - min)), with the records' values on the same scale."""
+
+    predictions: torch.Tensor  # [B, A]
+    targets: torch.Tensor  # [B, A]; anything where `present` is False
+    present: torch.Tensor  # [B, A] bool: the record gives this attribute
+    names: tuple[str, ...]  # the A attribute names, in schema order
+    scale: torch.Tensor  # [A] max - min: back to the attributes' units for metrics
+
+
+@dataclass
 class PairwiseScores:
     """Scalar rewards r(x, y) of B pairs from a reward model under training."""
 
@@ -140,6 +162,9 @@ class Objective(abc.ABC):
     batch_format: ClassVar[BatchFormat]
     description: ClassVar[str] = ""
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    # The validation metric that picks the best checkpoint (without the `val/` prefix),
+    # and whether higher ("max") or lower ("min") is better.
+    monitor: ClassVar[tuple[str, str]] = ("rewards/accuracies", "max")
 
     def __init__(self, config: ObjectiveConfig):
         if not isinstance(config, self.Config):
@@ -158,8 +183,9 @@ class Objective(abc.ABC):
     def loss(self, inputs) -> LossOutput:
         """The loss and metrics of one batch (pure tensor math, no model calls).
 
-        `inputs` is PairwiseLogps, UnpairedLogps or RankedLogps by `batch_format`, or
-        PairwiseScores / RankedScores when `needs().reward_model`.
+        `inputs` is PairwiseLogps, UnpairedLogps, RankedLogps or ResponseLogps by
+        `batch_format`, or PairwiseScores / RankedScores / AttributeScores when
+        `needs().reward_model`.
         """
 
 

@@ -37,10 +37,15 @@ class RewardScorer:
                              f"(num_labels={model.config.num_labels})")
         return cls(model, AutoTokenizer.from_pretrained(path), tokenize)
 
-    @torch.no_grad()
     def score(self, prompts: list[Text], completions: list[Text], batch_size: int = 64
               ) -> torch.Tensor:
         """r(x, y) for each (prompt, completion), float32 [N]."""
+        return self.outputs(prompts, completions, batch_size)[:, 0]
+
+    @torch.no_grad()
+    def outputs(self, prompts: list[Text], completions: list[Text], batch_size: int = 64
+                ) -> torch.Tensor:
+        """Every output of the head for each (prompt, completion), float32 [N, outputs]."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         records = [Record(p, (c,), f"pair {i}", kind="unpaired")
@@ -52,5 +57,5 @@ class RewardScorer:
             batch = collate_groups(groups[start:start + batch_size], self.tokenizer.pad_token_id)
             logits = self.model(input_ids=batch["input_ids"].to(device),
                                 attention_mask=batch["attention_mask"].to(device)).logits
-            scores.append(logits[:, 0].float().cpu())
-        return torch.cat(scores) if scores else torch.zeros(0)
+            scores.append(logits.float().cpu())
+        return torch.cat(scores) if scores else torch.zeros(0, self.model.config.num_labels)

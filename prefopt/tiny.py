@@ -28,7 +28,8 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     specials = [PAD, BOS, EOS, UNK, *ROLE_TOKENS]
-    characters = [c for c in string.printable if c.isprintable()]  # ASCII 32..126
+    # ASCII 32..126 and the newline (multi-line text; SteerLM's attribute line ends in one).
+    characters = [c for c in string.printable if c.isprintable()] + ["\n"]
     vocab = {token: i for i, token in enumerate(specials + characters)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefopt import reference_cache, registry
-from prefopt.data.datamodule import PreferenceDataModule
+from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
 from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.module import PreferenceModule
 from prefopt.objective import BatchFormat
@@ -28,10 +28,10 @@ from prefopt.plots import plot_curves
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val/rewards/accuracies"
-FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
+FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED,
+               BatchFormat.ATTRIBUTED)
 SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/kl",
-                "val/logps/chosen", "val/logps/rejected", "val/entropy")
+                "val/logps/chosen", "val/logps/rejected", "val/logps/response", "val/entropy")
 
 
 
@@ -58,20 +58,26 @@ def build(cfg: DictConfig):
             f"records; prefopt-train feeds {', '.join(f.value for f in FED_FORMATS)}")
     _check_feedable(objective, needs)
     model_cfg = OmegaConf.to_object(cfg.model)
+    data_cfg = OmegaConf.to_object(cfg.data)
     tokenizer = build_tokenizer(model_cfg)
-    policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model)
+    # Attributed records: a SteerLM policy reads the attribute line; an attribute model
+    # (reward head, one output per attribute) predicts the values instead.
+    schema = attribute_schema(data_cfg) \
+        if objective.batch_format == BatchFormat.ATTRIBUTED else None
+    policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model,
+                          num_labels=len(schema) if schema and needs.reward_model else 1)
     cached = cfg.reference == "cached"
     if cached:
         _check_cacheable(objective, needs)
     # LoRA: the reference is the policy with adapters disabled (PreferenceModule).
     reference = make_reference(policy) \
         if needs.reference and not cached and not uses_lora(policy) else None
-    datamodule = PreferenceDataModule(OmegaConf.to_object(cfg.data), tokenizer,
-                                      fmt=objective.batch_format.value,
-                                      mismatched=needs.mismatched_pairs, seed=cfg.seed)
+    datamodule = PreferenceDataModule(data_cfg, tokenizer, fmt=objective.batch_format.value,
+                                      mismatched=needs.mismatched_pairs, seed=cfg.seed,
+                                      condition=not needs.reward_model)
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
                               OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl,
-                              reference_cached=cached)
+                              reference_cached=cached, schema=schema)
     return module, datamodule, tokenizer
 
 
@@ -145,7 +151,8 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
 
 
 def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, float]]:
-    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=MONITOR, mode="max",
+    metric, mode = module.objective.monitor
+    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=f"val/{metric}", mode=mode,
                                   save_top_k=1, save_last=True, filename="best-step{step}",
                                   auto_insert_metric_name=False)
     resume = _resume_checkpoint(cfg, out)
@@ -167,6 +174,8 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
         if cfg.export_policy:
             exportable(module.policy).save_pretrained(out / "policy")
             tokenizer.save_pretrained(out / "policy")
+            if module.schema is not None:  # prefopt-generate / prefopt-label read it
+                module.schema.save(out / "policy")
         _write_json(out / "summary.json", {"start": start, "end": end,
                                            "steps": trainer.global_step})
         for logger in trainer.loggers:
@@ -175,7 +184,7 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
             _prepend_rows(out / "metrics.csv", earlier)
         if (out / "metrics.csv").exists():
             plot_curves(out / "metrics.csv", out / "curves.png")
-        print_summary(start, end, trainer.global_step, out)
+        print_summary(start, end, trainer.global_step, out, f"val/{metric}")
     return {"start": start, "end": end}
 
 
@@ -228,16 +237,20 @@ def _floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def print_summary(start: dict[str, float], end: dict[str, float], steps: int, out: Path) -> None:
+def print_summary(start: dict[str, float], end: dict[str, float], steps: int, out: Path,
+                  monitor: str = "val/rewards/accuracies") -> None:
     table = Table(title=f"prefopt: {steps} optimizer steps", title_justify="left")
     for column in ("metric", "start", "end"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for key in SUMMARY_KEYS:
-        if key in end:
-            table.add_row(key, f"{start.get(key, float('nan')):.4f}", f"{end[key]:.4f}")
+    # The common metrics first, then the objective's own (e.g. val/attributes/*).
+    keys = [k for k in SUMMARY_KEYS if k in end] + sorted(
+        k for k in end if k.startswith("val/") and k not in SUMMARY_KEYS
+        and not k.startswith(("val/rewards/", "val/logps/")))
+    for key in keys:
+        table.add_row(key, f"{start.get(key, float('nan')):.4f}", f"{end[key]:.4f}")
     console = Console()
     console.print(table)
-    if MONITOR in end:
-        console.print(f"{MONITOR} went from {start.get(MONITOR, float('nan')):.2f} "
-                      f"to {end[MONITOR]:.2f}.")
+    if monitor in end:
+        console.print(f"{monitor} went from {start.get(monitor, float('nan')):.2f} "
+                      f"to {end[monitor]:.2f}.")
     console.print(f"Run directory: {out}")

@@ -48,6 +48,10 @@ def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = F
              "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks)}
     if groups and groups[0].label is not None:
         batch["labels"] = torch.tensor([bool(g.label) for g in groups])
+    if groups and groups[0].attributes is not None:
+        # Attributed records: [G, A] in schema order, NaN where a record lacks a value.
+        batch["attributes"] = torch.tensor([list(g.attributes) for g in groups],
+                                           dtype=torch.float32)
     if groups and groups[0].ref_logps is not None:
         # Cached reference log-probs, per row; mismatched rows never use a cache.
         cached = [v for g in groups for v in g.ref_logps]

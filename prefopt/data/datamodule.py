@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import random
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+
+from prefopt.attributes import AttributeSchema, AttributeSpec
 
 from prefopt.data import synthetic
 from prefopt.data.collate import collate_groups
@@ -38,6 +41,12 @@ class DataConfig(TokenizeConfig):
     """Records per micro-batch (a pair is two sequences, a ranking K)."""
     val_batch_size: Optional[int] = None
     shuffle: bool = True
+    attributes: Optional[list[AttributeSpec]] = None
+    """Attribute schema of attributed records (SteerLM): [{name, min, max, integer,
+    steerable}, ...]; empty: the synthetic task's (quality, order, length)."""
+    attribute_dropout: float = 0.0
+    """Attributed records: the share of training examples shown with an empty attribute
+    line, drawn anew every epoch, so the model also answers unconditioned."""
     synthetic: synthetic.SyntheticConfig = field(default_factory=synthetic.SyntheticConfig)
 
 
@@ -77,25 +86,59 @@ def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]
     return loaded
 
 
+def attribute_schema(cfg: DataConfig) -> AttributeSchema:
+    """The schema of the run's attributed records: `data.attributes`, or the synthetic
+    task's when training on it."""
+    if cfg.attributes:
+        return AttributeSchema(list(cfg.attributes))
+    if cfg.path is None:
+        return AttributeSchema(synthetic.attribute_specs(cfg.synthetic))
+    raise ValueError(f"data.attributes: attributed records from {cfg.path} need an attribute "
+                     "schema, e.g. data.attributes='[{name: quality, min: 0, max: 4}]'")
+
+
+class AttributeDropout(Dataset):
+    """Training groups where each example shows an empty attribute line with probability
+    `p`. The draw depends on (seed, epoch, index) only, so a resumed run sees the same."""
+
+    def __init__(self, groups: list[EncodedGroup], p: float, seed: int, sampler):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"data.attribute_dropout must be in [0, 1), got {p}")
+        self.groups, self.p, self.seed, self.sampler = groups, p, seed, sampler
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> EncodedGroup:
+        group = self.groups[index]
+        draw = random.Random(f"{self.seed}/{self.sampler.epoch}/{index}").random()
+        if draw < self.p:
+            return dataclasses.replace(group, prompt=group.bare_prompt)
+        return group
+
+
 class PreferenceDataModule(pl.LightningDataModule):
     """Records of the objective's format -> encoded groups -> batches."""
 
     def __init__(self, cfg: DataConfig, tokenizer, fmt: str = "pairwise",
-                 mismatched: bool = False, seed: int = 0):
+                 mismatched: bool = False, seed: int = 0, condition: bool = True):
+        """`condition`: attributed records carry their attribute line (a SteerLM policy);
+        False renders them without it (an attribute model, which predicts the values)."""
         super().__init__()
         if mismatched and cfg.batch_size < 2:
             raise ValueError("this objective estimates its KL reference point from mismatched "
                              "prompt/completion pairs inside a batch, which a batch of 1 "
                              f"cannot form: set data.batch_size >= 2 (got {cfg.batch_size})")
         self.cfg, self.tokenizer, self.fmt, self.seed = cfg, tokenizer, fmt, seed
-        self.mismatched = mismatched
+        self.mismatched, self.condition = mismatched, condition
+        self.schema = attribute_schema(cfg) if fmt == "attributed" else None
         self.groups: dict[str, list[EncodedGroup]] = {}
         self.reports: dict[str, DataReport] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.groups:
             return  # validate-then-fit calls setup twice; the data are the same
-        encoder = Encoder(self.tokenizer, self.cfg)
+        encoder = Encoder(self.tokenizer, self.cfg, self.schema, self.condition)
         for name, records in load_splits(self.cfg, self.fmt, self.seed).items():
             groups, report = encoder.encode_all(records)
             if len(groups) < (2 if self.mismatched else 1):
@@ -108,7 +151,11 @@ class PreferenceDataModule(pl.LightningDataModule):
                                     mismatched=self.mismatched)
         # Mismatched pairs need two records in every batch: never leave a batch of one.
         drop_last = self.mismatched and len(self.groups[name]) % batch_size == 1
-        return DataLoader(self.groups[name], batch_size=batch_size, sampler=sampler,
+        dataset = self.groups[name]
+        if name == "train" and self.cfg.attribute_dropout and self.schema is not None \
+                and self.condition:
+            dataset = AttributeDropout(dataset, self.cfg.attribute_dropout, self.seed, sampler)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           collate_fn=collate, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:

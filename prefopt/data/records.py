@@ -7,6 +7,8 @@ a list of chat messages `{"role": ..., "content": ...}`:
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
+- attributed `{prompt, response, attributes: {name: value}}` (SteerLM); the values are
+            checked against the run's attribute schema (prefopt.attributes) when loaded
 
 All become a `Record`: a prompt with its completions. Every record is checked as it is read; a bad one raises `RecordError` naming the source,
 the line (JSONL) or record index, and the field. Nothing is skipped silently, so a
@@ -46,12 +48,15 @@ class Record:
     label: bool | None = None  # unpaired: is the completion desirable
     ranks: tuple[int, ...] | None = None  # ranked: lower is better; pairwise: (0, 1)
     margin: float | None = None  # pairwise: optional preference strength
-    kind: str = "pairwise"  # pairwise | unpaired | ranked
+    kind: str = "pairwise"  # pairwise | unpaired | ranked | attributed
+    attributes: tuple[tuple[str, float], ...] | None = None  # attributed: (name, value)s
 
     def completion_field(self, index: int) -> str:
         """The record field that holds completion `index`, for error messages."""
         if self.kind == "pairwise":
             return ("chosen", "rejected")[index]
+        if self.kind == "attributed":
+            return "response"
         return "completion" if self.kind == "unpaired" else f"completions[{index}]"
 
     @property
@@ -230,11 +235,31 @@ def _parse_nectar(where: str, raw: dict) -> Record:
     return Record(prompt, tuple(texts), where, ranks=tuple(ranks), kind="ranked")
 
 
-PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": parse_ranked}
+def parse_attributed(where: str, raw: Any) -> Record:
+    """A response with attribute values; null values mean "not labelled". Names and ranges
+    are checked against the schema later (`AttributeSchema.check`), which knows them."""
+    _require(where, raw, ("prompt", "response", "attributes"))
+    values = {f: _check_text(where, f, raw[f]) for f in ("prompt", "response")}
+    _same_form(where, values)
+    attributes = raw["attributes"]
+    if not isinstance(attributes, dict):
+        raise RecordError(where, "expected an object {name: value}, got "
+                          f"{type(attributes).__name__}", "attributes")
+    for name, value in attributes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecordError(where, f"expected a number or null, got {value!r}",
+                              f"attributes.{name}")
+    return Record(values["prompt"], (values["response"],), where, kind="attributed",
+                  attributes=tuple((str(k), v) for k, v in attributes.items()))
+
+
+PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": parse_ranked,
+           "attributed": parse_attributed}
 
 
 def read_records(path: str, fmt: str, split: str = "train") -> list[Record]:
-    """Every record of `path` in format `fmt` (pairwise | unpaired | ranked), checked."""
+    """Every record of `path` in format `fmt` (pairwise | unpaired | ranked | attributed),
+    checked."""
     if fmt not in PARSERS:
         raise ValueError(f"no reader for {fmt!r} records; known: {sorted(PARSERS)}")
     parse = PARSERS[fmt]

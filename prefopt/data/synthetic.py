@@ -3,7 +3,14 @@
 A prompt names an operation and a digit string, e.g. `sort 5213`; the answer is the
 string after the operation, `1235`. A program knows the right answer, so the task yields
 preference pairs (a correct answer over a plausible wrong one), a correctness check and a
-graded score that later objectives reuse as rewards, rankings and attributes.
+graded score that later objectives reuse as rewards and rankings.
+
+Attributed records (SteerLM) use a third operation whose answer depends on attributes: the
+prompt `pick 827491` holds distinct digits, and the answer lists `length` of them in
+ascending (`order` 0) or descending (`order` 1) order, the smallest or largest first:
+order 1, length 3 gives `987`. Some answers are corrupted on purpose, and `quality` (0..4)
+says how many positions are wrong (4 - wrong). All three attributes are measured from the
+response itself (`measure_attributes`), so a generation's obedience is checkable.
 Everything is generated from a seed: no download, identical on every machine.
 """
 
@@ -33,6 +40,8 @@ class SyntheticConfig:
     """Candidates per prompt in rankings."""
     desirable_fraction: float = 0.5
     """Share of unpaired records whose completion is the correct answer."""
+    corrupted_fraction: float = 0.3
+    """Share of attributed records whose response is corrupted (quality below 4)."""
 
 
 def make_prompt(operation: str, digits: str) -> str:
@@ -115,9 +124,11 @@ def _check(cfg: SyntheticConfig) -> None:
         raise ValueError(f"data.synthetic.k must be >= 2, got {cfg.k}")
 
 
-def _split_prompts(cfg: SyntheticConfig, rng: random.Random) -> dict[str, list[str]]:
-    val = _prompts(cfg.n_val, cfg, rng, exclude=set())
-    return {"val": val, "train": _prompts(cfg.n_train, cfg, rng, exclude=set(val))}
+def _split_prompts(cfg: SyntheticConfig, rng: random.Random, make=None
+                   ) -> dict[str, list[str]]:
+    make = make or _prompts
+    val = make(cfg.n_val, cfg, rng, exclude=set())
+    return {"val": val, "train": make(cfg.n_train, cfg, rng, exclude=set(val))}
 
 
 def _pair(prompt: str, rng: random.Random) -> dict:
@@ -146,18 +157,121 @@ def _ranking(prompt: str, rng: random.Random, cfg: SyntheticConfig) -> dict:
             "ranks": [distinct.index(s) + 1 for s in scores]}  # 1 = best, as in Nectar
 
 
+# -- attributed records: `pick` ----------------------------------------------------------
+PICK = "pick"
+QUALITY_MAX = 4
+
+
+def attribute_specs(cfg: SyntheticConfig) -> list[dict]:
+    """The schema of the attributed task (see the module docstring)."""
+    return [{"name": "quality", "min": 0, "max": QUALITY_MAX},
+            {"name": "order", "min": 0, "max": 1},
+            {"name": "length", "min": 1, "max": cfg.max_digits}]
+
+
+def pick_digits(prompt: str) -> str:
+    operation, _, digits = prompt.strip().partition(" ")
+    if operation != PICK or not digits.isdigit() or len(set(digits)) != len(digits):
+        raise ValueError(f"not a `pick` prompt of the synthetic task: {prompt!r}")
+    return digits
+
+
+def pick_answer(prompt: str, order: int, length: int) -> str:
+    """The right answer: `length` digits of the prompt, ascending (0) or descending (1)."""
+    return "".join(sorted(pick_digits(prompt), reverse=bool(order)))[:length]
+
+
+def measure_attributes(prompt: str, response: str) -> dict[str, int | None]:
+    """The attributes a response has, measured from it: `length` its characters, `order`
+    0 / 1 when it is strictly ascending / descending (None when neither, or shorter than
+    2), `quality` 4 minus the positions where it differs from the right answer of its
+    length (the nearer of the two orders); 0 for anything that is not a plausible answer."""
+    digits, response = pick_digits(prompt), response.strip()
+    length = len(response)
+    pairs = list(zip(response, response[1:]))
+    order = None
+    if pairs and all(a < b for a, b in pairs):
+        order = 0
+    elif pairs and all(a > b for a, b in pairs):
+        order = 1
+    if not response.isdigit() or length > len(digits):
+        return {"quality": 0, "order": order, "length": length}
+    wrong = min(sum(a != b for a, b in zip(response, pick_answer(prompt, o, length)))
+                for o in (0, 1))
+    return {"quality": max(0, QUALITY_MAX - wrong), "order": order, "length": length}
+
+
+def steering_requests(prompts: list[str], seed: int = 0) -> list[dict[str, int]]:
+    """What to ask of a steered policy on `pick` prompts: the best quality, and a length
+    and an order drawn uniformly from those the prompt allows."""
+    rng = random.Random(seed)
+    requests = []
+    for prompt in prompts:
+        order, length = rng.randint(0, 1), rng.randint(1, len(pick_digits(prompt)))
+        # One digit has no order: the data never label it, so it is not asked for either.
+        requests.append({"quality": QUALITY_MAX, "length": length} if length == 1 else
+                        {"quality": QUALITY_MAX, "order": order, "length": length})
+    return requests
+
+
+def _pick_prompts(n: int, cfg: SyntheticConfig, rng: random.Random, exclude: set[str]
+                  ) -> list[str]:
+    prompts: list[str] = []
+    seen = set(exclude)
+    while len(prompts) < n:
+        digits = "".join(rng.sample("0123456789", rng.randint(cfg.min_digits, cfg.max_digits)))
+        prompt = make_prompt(PICK, digits)
+        if prompt not in seen:
+            seen.add(prompt)
+            prompts.append(prompt)
+    return prompts
+
+
+def _corrupt(answer: str, prompt: str, rng: random.Random) -> str:
+    """A different string of the same length: two positions swapped, or a digit replaced
+    by one the prompt lacks, or one position repeated over its neighbour."""
+    absent = [d for d in "0123456789" if d not in pick_digits(prompt)]
+    while True:
+        chars = list(answer)
+        kind = rng.choice(("swap", "substitute", "repeat"))
+        if kind == "swap" and len(chars) >= 2:
+            i, j = rng.sample(range(len(chars)), 2)
+            chars[i], chars[j] = chars[j], chars[i]
+        elif kind == "substitute" and absent:
+            chars[rng.randrange(len(chars))] = rng.choice(absent)
+        elif kind == "repeat" and len(chars) >= 2:
+            i = rng.randrange(len(chars) - 1)
+            chars[i + 1] = chars[i]
+        candidate = "".join(chars)
+        if candidate != answer:
+            return candidate
+
+
+def _attributed(prompt: str, rng: random.Random, cfg: SyntheticConfig) -> dict:
+    order, length = rng.randint(0, 1), rng.randint(1, len(pick_digits(prompt)))
+    response = pick_answer(prompt, order, length)
+    if rng.random() < cfg.corrupted_fraction:
+        response = _corrupt(response, prompt, rng)
+    return {"prompt": prompt, "response": response,
+            "attributes": measure_attributes(prompt, response)}
+
+
 def splits(cfg: SyntheticConfig, fmt: str = "pairwise") -> dict[str, list[dict]]:
     """{"train": [...], "val": [...]} raw records of format `fmt` (pairwise | unpaired |
-    ranked), on disjoint prompts, reproducible from `cfg.seed`."""
+    ranked | attributed), on disjoint prompts, reproducible from `cfg.seed`."""
     _check(cfg)
     rng = random.Random(cfg.seed)
     make = {"pairwise": lambda p: _pair(p, rng),
             "unpaired": lambda p: _unpaired(p, rng, cfg),
-            "ranked": lambda p: _ranking(p, rng, cfg)}
+            "ranked": lambda p: _ranking(p, rng, cfg),
+            "attributed": lambda p: _attributed(p, rng, cfg)}
     if fmt not in make:
         raise ValueError(f"the synthetic task has no {fmt!r} records; it has {sorted(make)}")
-    return {name: [make[fmt](p) for p in prompts]
-            for name, prompts in _split_prompts(cfg, rng).items()}
+    if fmt == "attributed" and cfg.max_digits > 10:
+        raise ValueError("the attributed task's prompts hold distinct digits: "
+                         f"data.synthetic.max_digits must be <= 10, got {cfg.max_digits}")
+    prompts = _split_prompts(cfg, rng, _pick_prompts if fmt == "attributed" else None)
+    return {name: [make[fmt](p) for p in group] for name, group in prompts.items()}
 
 
 def pairwise_splits(cfg: SyntheticConfig) -> dict[str, list[dict]]:

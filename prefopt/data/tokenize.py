@@ -7,6 +7,12 @@ template, a string record is the conversation
 completion's tokens are the template's rendering of the whole conversation minus the
 rendering of the prompt with the generation prompt, as TRL does.
 
+Attributed records (SteerLM) are rendered with their attribute line at the start of the
+assistant turn, `quality:4,order:1,length:3` + newline (prefopt.attributes): the line is
+context, the response after it is the completion. The same prompt with an empty attribute
+line (`bare_prompt`) is kept for attribute dropout and unconditioned generation. An
+encoder built with `condition=False` (the attribute model's) renders no attribute line.
+
 Declared rules, each applied and counted in a `DataReport`:
 - a prompt longer than `max_prompt_length` is cut on `truncation_side`;
 - completions are cut at the end so that prompt + completion fits `max_length`;
@@ -20,11 +26,15 @@ Declared rules, each applied and counted in a `DataReport`:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 from prefopt.data.records import Record, RecordError, Text
+
+ATTRIBUTE_LINE_END = "\n"
 
 
 class Rule(str, enum.Enum):
@@ -64,6 +74,10 @@ class EncodedGroup:
     ranks: tuple[int, ...] | None = None
     margin: float | None = None
     ref_logps: tuple[float, ...] | None = None  # cached Σ log π_ref per completion
+    # Attributed records: values in schema order (NaN where not given), and the prompt
+    # with an empty attribute line (attribute dropout).
+    attributes: tuple[float, ...] | None = None
+    bare_prompt: list[int] | None = None
 
     @property
     def chosen(self) -> list[int]:  # pairwise records
@@ -108,7 +122,9 @@ def _conflicting(record: Record, i: int, j: int) -> bool:
 class Encoder:
     """Turns `Record`s into `EncodedGroup`s under a `TokenizeConfig`."""
 
-    def __init__(self, tokenizer, cfg: TokenizeConfig):
+    def __init__(self, tokenizer, cfg: TokenizeConfig, schema=None, condition: bool = True):
+        """`schema` (an AttributeSchema) checks and serialises attributed records; with
+        `condition=False` they are rendered without their attribute line."""
         if cfg.max_prompt_length is not None and cfg.max_prompt_length >= cfg.max_length:
             raise ValueError(f"data.max_prompt_length ({cfg.max_prompt_length}) must be below "
                              f"data.max_length ({cfg.max_length})")
@@ -120,28 +136,48 @@ class Encoder:
                 raise ValueError(f"data.{name} must be one of "
                                  f"{sorted(r.value for r in rules)}, got {getattr(cfg, name)}")
         self.tokenizer, self.cfg = tokenizer, cfg
+        self.schema, self.condition = schema, condition
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
 
     # -- rendering ------------------------------------------------------------------------
     def _uses_template(self, record: Record) -> bool:
         return record.conversational or self.cfg.chat_template
 
+    def attribute_line(self, values: dict[str, float] | None) -> str:
+        """The context that opens the assistant turn: the serialised attributes, newline."""
+        return self.schema.serialise(values or {}) + ATTRIBUTE_LINE_END
+
+    def _values(self, record: Record) -> dict[str, float]:
+        if self.schema is None:
+            raise ValueError("attributed records need an attribute schema (data.attributes)")
+        return self.schema.check(dict(record.attributes or ()), record.where)
+
+    def _prefix(self, record: Record) -> str:
+        """Text between the generation prompt and the completion: the attribute line."""
+        if record.kind != "attributed" or not self.condition:
+            return ""
+        return self.attribute_line(self._values(record))
+
     def _render(self, record: Record) -> tuple[str, list[str]]:
         """(prompt text, completion texts); completions exclude the prompt's rendering."""
+        prefix = self._prefix(record)
         if not self._uses_template(record):
             eos = self.tokenizer.eos_token or ""
-            return record.prompt, [c + eos for c in record.completions]
+            return record.prompt + prefix, [c + eos for c in record.completions]
         if not self.has_template:
             raise RecordError(record.where, "the tokenizer has no chat template; set "
                               "data.chat_template=false for plain-string records", "prompt")
         apply = self.tokenizer.apply_chat_template
         prompt_msgs = record.prompt if record.conversational else \
             [{"role": "user", "content": record.prompt}]
-        prompt_text = apply(prompt_msgs, add_generation_prompt=True, tokenize=False)
+        prompt_text = apply(prompt_msgs, add_generation_prompt=True, tokenize=False) + prefix
         completions = []
         for i, completion in enumerate(record.completions):
             answer_msgs = completion if record.conversational else \
                 [{"role": "assistant", "content": completion}]
+            if prefix:  # the attribute line opens the (first) assistant message
+                answer_msgs = [{**answer_msgs[0], "content": prefix + answer_msgs[0]["content"]},
+                               *answer_msgs[1:]]
             full_text = apply(prompt_msgs + answer_msgs, tokenize=False)
             if not full_text.startswith(prompt_text):
                 raise RecordError(record.where, "the chat template renders the prompt "
@@ -205,6 +241,15 @@ class Encoder:
         return EncodedGroup(prompt, tuple(completions), label=record.label, ranks=record.ranks,
                             margin=record.margin)
 
+    def _attributed(self, record: Record, group: EncodedGroup, bare: list[int]
+                    ) -> EncodedGroup:
+        values = self._values(record)
+        if len(bare) > len(group.prompt):  # cut like the prompt was (the bare one is shorter)
+            bare = self._cut_prompt(bare, len(group.prompt))
+        return dataclasses.replace(
+            group, attributes=tuple(values.get(n, math.nan) for n in self.schema.names),
+            bare_prompt=bare if self.condition else None)
+
     def encode_all(self, records: list[Record]) -> tuple[list[EncodedGroup], DataReport]:
         """Encode in order; returns the kept groups and the report of what the rules did."""
         report = DataReport(records=len(records))
@@ -218,14 +263,30 @@ class Encoder:
         flat_ids = iter(self._batch_ids(flat, [False] * len(flat)))
         completions = [[next(flat_ids) for _ in t[1]] for t in texts]
         groups = [self._fit(*row, report) for row in zip(admitted, prompts, completions)]
+        if admitted and admitted[0].kind == "attributed":
+            bare = self._batch_ids([self._bare_text(r) for r in admitted],
+                                   [not self._uses_template(r) for r in admitted])
+            groups = [g and self._attributed(r, g, b) for r, g, b in zip(admitted, groups, bare)]
         kept = [g for g in groups if g is not None]
         report.kept = len(kept)
         return kept, report
 
-    def prompt_ids(self, prompts: list[Text]) -> list[list[int]]:
+    def _bare_text(self, record: Record) -> str:
+        """The prompt's rendering with an empty attribute line."""
+        return self._render(dataclasses.replace(record, attributes=()))[0]
+
+    def prompt_ids(self, prompts: list[Text], attributes: list[dict] | None = None
+                   ) -> list[list[int]]:
         """Token ids of prompts as training renders them (chat template and generation
-        prompt included, the same truncation of over-long prompts), for generation."""
+        prompt included, the same truncation of over-long prompts), for generation.
+        With `attributes` (one {name: value} per prompt; {} for none) the prompts end in
+        the attribute line, as a SteerLM policy was trained to read it."""
+        if attributes is not None and len(attributes) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(attributes)} attribute sets")
         records = [Record(p, (), f"prompt {i}", kind="unpaired") for i, p in enumerate(prompts)]
+        if attributes is not None:
+            records = [dataclasses.replace(r, kind="attributed", attributes=tuple(a.items()))
+                       for r, a in zip(records, attributes)]
         texts = [self._render(r)[0] for r in records]
         ids = self._batch_ids(texts, [not self._uses_template(r) for r in records])
         limit = self.cfg.max_prompt_length

@@ -12,6 +12,10 @@ REWARDS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
            "rewards/accuracies"}
 # Policies also report their log-probs; reward models (a scalar head) have none.
 SCHEMA = REWARDS | {"logps/chosen", "logps/rejected", "kl", "entropy"}
+# Attributed records (SteerLM) have responses, not preferences: no rewards/*.
+ATTRIBUTED = {"attribute_model": {"loss", "attributes/quality/mae", "attributes/order/mae",
+                                  "attributes/length/mae"},
+              "steerlm": {"loss", "logps/response", "entropy", "steerlm/nll_per_token"}}
 
 
 @pytest.mark.parametrize("name", sorted(registry.discover()))
@@ -23,7 +27,8 @@ def test_every_objective_trains_two_steps(compose, fast_overrides, name, tmp_pat
     with open(tmp_path / "run" / "metrics.csv") as f:
         columns = set(next(csv.reader(f)))
     cls = registry.load(name)
-    expected = REWARDS if cls(cls.Config(name=name)).needs().reward_model else SCHEMA
+    expected = ATTRIBUTED.get(name) or (
+        REWARDS if cls(cls.Config(name=name)).needs().reward_model else SCHEMA)
     assert {f"val/{m}" for m in expected} <= columns
     assert {f"train/{m}" for m in expected} <= columns
 

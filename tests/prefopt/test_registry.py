@@ -205,7 +205,7 @@ def test_broken_plugin_selected_on_the_command_line(fake_dists, tmp_path):
 def test_unknown_name_lists_and_suggests():
     with pytest.raises(registry.PluginError) as err:
         registry.load("dpoo")
-    assert "Available objectives: dpo, ipo" in str(err.value)
+    assert "Available objectives: attribute_model, dpo, ipo, kto" in str(err.value)
     assert "Did you mean 'dpo'?" in str(err.value)
 
 

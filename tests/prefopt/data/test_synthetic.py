@@ -53,3 +53,39 @@ def test_config_errors_name_the_field():
 def test_every_operation_is_used():
     prompts = [r["prompt"] for r in pairwise_splits(SyntheticConfig(n_train=200))["train"]]
     assert {p.split()[0] for p in prompts} == set(synthetic.OPERATIONS)
+
+
+# -- attributed records (`pick`) ------------------------------------------------------------
+def test_pick_answers_and_measured_attributes_by_hand():
+    from prefopt.data.synthetic import measure_attributes, pick_answer
+
+    assert pick_answer("pick 827491", order=1, length=3) == "987"
+    assert pick_answer("pick 827491", order=0, length=2) == "12"
+    assert measure_attributes("pick 827491", "987") == {"quality": 4, "order": 1, "length": 3}
+    assert measure_attributes("pick 827491", "124") == {"quality": 4, "order": 0, "length": 3}
+    # "129": ascending answer of length 3 is "124": one position wrong -> quality 3.
+    assert measure_attributes("pick 827491", "129") == {"quality": 3, "order": 0, "length": 3}
+    # "978": not monotone (no order); nearest right answer "987" differs in 2 places.
+    assert measure_attributes("pick 827491", "978") == {"quality": 2, "order": None,
+                                                        "length": 3}
+    # One digit: no order; not digits, or longer than the prompt: quality 0.
+    assert measure_attributes("pick 827491", "9") == {"quality": 4, "order": None, "length": 1}
+    assert measure_attributes("pick 827", "abc")["quality"] == 0
+    assert measure_attributes("pick 827", "8721")["quality"] == 0
+
+
+def test_attributed_records_carry_their_measured_attributes():
+    from prefopt.data.synthetic import SyntheticConfig, measure_attributes, splits
+
+    cfg = SyntheticConfig(n_train=400, n_val=50)
+    data = splits(cfg, "attributed")
+    assert data == splits(cfg, "attributed")  # reproducible from the seed
+    prompts = [r["prompt"] for r in data["train"]]
+    assert not set(prompts) & {r["prompt"] for r in data["val"]}
+    for r in data["train"]:
+        digits = r["prompt"].split()[1]
+        assert len(set(digits)) == len(digits) and cfg.min_digits <= len(digits) <= cfg.max_digits
+        assert r["attributes"] == measure_attributes(r["prompt"], r["response"])
+    corrupted = sum(r["attributes"]["quality"] < 4 for r in data["train"]) / 400
+    assert 0.2 < corrupted < 0.4  # corrupted_fraction = 0.3
+    assert {r["attributes"]["order"] for r in data["train"]} == {0, 1, None}
