@@ -221,8 +221,8 @@ def test_unknown_name_on_the_command_line(tmp_path):
     result = run_cli("objective=dpoo", tmp_path=tmp_path)
     assert result.returncode == 1
     assert "Available options in 'objective'" in result.stderr  # Hydra's list
-    assert "prefopt-train: unknown objective 'dpoo'. Available objectives: dpo, ipo" \
-        in result.stderr
+    assert "prefopt-train: unknown objective 'dpoo'. Available objectives: attribute_model, " \
+        "dpo, ipo" in result.stderr
     assert "Did you mean 'dpo'?" in result.stderr
 
 
