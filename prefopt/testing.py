@@ -19,36 +19,64 @@ assertion) that names the property and by how much it failed. What is checked:
 
 The tensor checks run on exactly what `PreferenceModule.loss_inputs` hands the objective
 for one batch of 7 synthetic records of its format (pairs, unpaired examples with both
-labels, or prompts with 4 ranked completions each), built by the real data path, on the
-built-in tiny model moved off its reference (or the tiny scalar-head reward model):
+labels, prompts with 4 ranked completions each, or attributed responses, some lacking a
+value), built by the real data path, on the built-in tiny model moved off its reference
+(or the tiny reward model: a scalar head, or for attributed records one output per
+attribute of the synthetic schema, quality, order and length, fed the records without
+their attribute line, as prefopt-train feeds an attribute model):
 
-- feedable: a format prefopt-train cannot feed (attributed, prompts), a reward model on
-  unpaired records, or mismatched pairs without a reference is a failure;
+- feedable: a format prefopt-train cannot feed (prompts), a reward model on unpaired
+  records, or mismatched pairs without a reference is a failure;
 - loss and gradients: the loss is a finite scalar with a gradient, and every policy (or
   reward-model) parameter receives a finite gradient, not all of them zero;
-- metric names: the shared `rewards/*` schema or keys under `<name>/`, never the module's
-  own (`loss`, `logps/*`, `kl`, `entropy`); values are detached, finite tensors, each a
-  scalar or 1-D in one layout of its format:
+- metric names: the shared schema of the format or keys under `<name>/`, never the
+  module's own (`loss`, `logps/*`, `kl`, `entropy`). The shared schema is `rewards/*` for
+  pairwise, unpaired and ranked records; attributed records have no preferences, hence no
+  rewards: an attribute model (AttributeScores) shares `attributes/<attribute>/mae` and
+  `attributes/<attribute>/accuracy` for the attributes of the schema (`inputs.names`), in
+  the attribute's units, and an objective on their log-probs (ResponseLogps) shares none.
+  Values are detached, finite tensors, each a scalar or 1-D in one layout of its format:
     pairwise (log-probs or scores): per pair [B];
     unpaired: per example [B], or over one class in batch order: the desirable examples
       [n_D] (`values[labels]`) or the undesirable ones [n_U] (`values[~labels]`);
     ranked (log-probs or scores): per prompt [G] (indexed by group id) or per completion
       [M];
+    attributed, log-probs: per response [B];
+    attributed, attribute model: per response [B], or over the responses that give one
+      attribute a, in batch order [n_a] (`values[present[:, a]]`); there are no
+      per-attribute [A] or [B, A] metrics (the module averages a metric over its entries;
+      log one `attributes/<attribute>/...` or `<name>/...` key per attribute instead);
   `rewards/chosen` and `rewards/rejected` take the per-pair, per-prompt or their class's
-  layout. Required: all four `rewards/*` for pairwise and ranked objectives,
-  `rewards/accuracies` for unpaired ones (a batch may lack a class, and with it chosen or
-  rejected rewards and margins; prefopt-train keeps the best val/rewards/accuracies);
+  layout, `attributes/<a>/*` the layout of the responses giving a (per response when
+  every response gives it). Required: all four `rewards/*` for pairwise and ranked
+  objectives, `rewards/accuracies` for unpaired ones (a batch may lack a class, and with
+  it chosen or rejected rewards and margins); nothing for attributed ones, whose records
+  hold no preference to be accurate about: a finite scalar loss is all prefopt-train
+  needs. Whatever the format, the objective's `monitor` is (metric, "min" or "max") and
+  names a metric logged for the batch, the objective's own or the module's (`loss`,
+  `entropy`, `logps/*`, `kl` with a reference): prefopt-train keeps the checkpoint with
+  the best val/<metric>, so the default, rewards/accuracies, does not do for attributed
+  objectives (SteerLM and the attribute model monitor ("loss", "min"));
 - reference-free: an objective on log-probs declaring `needs().reference` False gives the
   same loss and metrics when its inputs carry the reference model's log-probs, or
   perturbed ones, instead of None. Reward models have no reference: the list of checks
   that ran says the check does not apply;
+- absent values (attribute models): `targets` is arbitrary where `present` is False (a
+  record that lacks a value is masked out, not read as 0): other values there, in and
+  out of [0, 1], leave the loss and metrics unchanged;
 - batch order: reordering the examples of the inputs leaves the loss unchanged and
   reorders the metrics with them (entry by entry, in the layouts above). Unpaired inputs
   keep `kl_ratio` fixed: prefopt-train estimates it from the batch as collated, so
   re-collating in another order may legitimately change it. Ranked inputs reorder whole
-  prompts (group ids relabelled, rows moved with their prompt);
+  prompts (group ids relabelled, rows moved with their prompt). Attributed inputs
+  reorder responses (an attribute model's predictions, targets and present rows
+  together; `scale` and `names` are per attribute and stay);
 - listing order (ranked): listing each prompt's completions in another order, same
-  groups and ranks, leaves the loss and the per-prompt metrics unchanged.
+  groups and ranks, leaves the loss and the per-prompt metrics unchanged;
+- attribute order (attribute models): permuting the attributes of the schema (the
+  columns of predictions, targets and present, with names and scale) leaves the loss and
+  metrics unchanged: names, not positions, say which attribute a column is (a user's
+  data.attributes lists them in any order).
 """
 
 from __future__ import annotations
@@ -66,16 +94,18 @@ from dataclasses import dataclass
 import torch
 
 from prefopt import registry
-from prefopt.objective import (API_VERSION, BatchFormat, LossOutput, Needs, Objective,
-                               ObjectiveConfig, PairwiseLogps, PairwiseScores, RankedLogps,
-                               UnpairedLogps)
+from prefopt.objective import (API_VERSION, AttributeScores, BatchFormat, LossOutput, Needs,
+                               Objective, ObjectiveConfig, PairwiseLogps, PairwiseScores,
+                               RankedLogps, RankedScores, ResponseLogps, UnpairedLogps)
 
-# The formats prefopt-train feeds (prefopt.train.FED_FORMATS).
-FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED)
+# The formats prefopt-train feeds: a mirror of prefopt.train.FED_FORMATS (importing
+# prefopt.train here would load Lightning and Hydra with the kit; a test keeps the two equal).
+FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED,
+               BatchFormat.ATTRIBUTED)
 RTOL, ATOL = 1e-5, 1e-6
 # Names of the tensor checks, as check_objective returns them when they run.
-TENSOR_CHECKS = ("loss and gradients", "metric names", "reference-free", "batch order",
-                 "listing order")
+TENSOR_CHECKS = ("loss and gradients", "metric names", "reference-free", "absent values",
+                 "batch order", "listing order", "attribute order")
 
 
 class ConformanceError(AssertionError):
@@ -313,11 +343,14 @@ def check_config(cls: type[Objective], name: str,
 
 # -- tensor checks on the tiny model ----------------------------------------------------
 
-# Records per synthetic batch: pairs, unpaired examples or ranked prompts. Odd, so that an
-# unpaired batch never holds as many desirable as undesirable examples: the length of a
-# metric over one class then says which class it covers.
+# Records per synthetic batch: pairs, unpaired examples, ranked prompts or attributed
+# responses. Odd, so that an unpaired batch never holds as many desirable as undesirable
+# examples: the length of a metric over one class then says which class it covers.
 N_RECORDS = 7
-DATA_SEED = 1  # both classes present, 2+ examples each (checked in _layouts_of)
+# Both classes present, 2+ examples each; attributed records: quality and length given by
+# all 7, order by 4 (so some values are absent); checked in _layouts_of and
+# _check_absent_values.
+DATA_SEED = 1
 MODEL_SEED = 0
 
 
@@ -327,7 +360,9 @@ class _Case:
 
     model: torch.nn.Module  # the policy or reward model under training
     batch: dict[str, torch.Tensor]  # the collated batch the inputs come from
-    inputs: object  # PairwiseLogps | UnpairedLogps | RankedLogps | PairwiseScores | RankedScores
+    # PairwiseLogps | UnpairedLogps | RankedLogps | ResponseLogps, or PairwiseScores |
+    # RankedScores | AttributeScores for reward models
+    inputs: object
 
 
 def check_loss(objective: Objective, name: str) -> list[str]:
@@ -339,11 +374,12 @@ def check_loss(objective: Objective, name: str) -> list[str]:
     _check_feedable(objective, needs, name)
     case = _case(objective)
     out = objective.loss(case.inputs)
-    _check_loss_and_gradients(out, case.model, needs.reward_model)
+    _check_loss_and_gradients(out, case.model, case.inputs)
     inputs = _detached(case.inputs)
-    _check_metrics(out, name, inputs, objective.batch_format)
+    _check_metrics(out, name, inputs, objective)
     ran = ["loss and gradients", "metric names"]
     ran += _check_reference_free(objective, inputs, case.batch)
+    ran += _check_absent_values(objective, inputs)
     for reordering in _reorderings(inputs):
         _check_order(objective, inputs, reordering)
         ran.append(reordering.check)
@@ -360,7 +396,7 @@ def _check_feedable(objective: Objective, needs: Needs, name: str) -> None:
     if needs.reward_model and fmt == BatchFormat.UNPAIRED:
         raise ConformanceError(f"objective '{name}' trains a reward model on unpaired records, "
                                "which prefopt-train cannot feed yet: reward models get "
-                               "PairwiseScores or RankedScores")
+                               "PairwiseScores, RankedScores or AttributeScores")
     if needs.mismatched_pairs and not needs.reference:
         raise ConformanceError(f"objective '{name}' declares needs().mismatched_pairs without "
                                "needs().reference: kl_ratio is a mean of log π/π_ref, which "
@@ -376,30 +412,48 @@ def _tokenizer():
     return build_tokenizer(ModelConfig())
 
 
-@functools.cache
-def _cached_batch(fmt: str, mismatched: bool) -> dict[str, torch.Tensor]:
-    """The first batch of N_RECORDS synthetic records of `fmt`, as prefopt-train collates
-    it (with the mismatched KL rows when asked for)."""
-    from prefopt.data.datamodule import DataConfig, PreferenceDataModule
+def _data_config():
+    from prefopt.data.datamodule import DataConfig
     from prefopt.data.synthetic import SyntheticConfig
 
-    data = DataConfig(batch_size=N_RECORDS, shuffle=False,
+    return DataConfig(batch_size=N_RECORDS, shuffle=False,
                       synthetic=SyntheticConfig(n_train=N_RECORDS, n_val=2, seed=DATA_SEED))
-    datamodule = PreferenceDataModule(data, _tokenizer(), fmt=fmt, mismatched=mismatched,
-                                      seed=DATA_SEED)
+
+
+@functools.cache
+def _schema():
+    """The attribute schema of the synthetic attributed records, as prefopt-train derives
+    it (prefopt.data.datamodule.attribute_schema)."""
+    from prefopt.data.datamodule import attribute_schema
+
+    return attribute_schema(_data_config())
+
+
+@functools.cache
+def _cached_batch(fmt: str, mismatched: bool, condition: bool = True
+                  ) -> dict[str, torch.Tensor]:
+    """The first batch of N_RECORDS synthetic records of `fmt`, as prefopt-train collates
+    it (with the mismatched KL rows when asked for; attributed records with their
+    attribute line in the prompt unless `condition` is False, as for an attribute model)."""
+    from prefopt.data.datamodule import PreferenceDataModule
+
+    datamodule = PreferenceDataModule(_data_config(), _tokenizer(), fmt=fmt,
+                                      mismatched=mismatched, seed=DATA_SEED, condition=condition)
     datamodule.setup("fit")
     return next(iter(datamodule.train_dataloader()))
 
 
-def _batch(fmt: str, mismatched: bool) -> dict[str, torch.Tensor]:
+def _batch(fmt: str, mismatched: bool, condition: bool = True) -> dict[str, torch.Tensor]:
     # A copy: the module hands some tensors (labels, margins) to the objective as they are,
     # and an objective that wrote into them must not change the batch of later checks.
-    return {k: v.clone() for k, v in _cached_batch(fmt, mismatched).items()}
+    return {k: v.clone() for k, v in _cached_batch(fmt, mismatched, condition).items()}
 
 
 @functools.cache
-def _models(reward_head: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(reference, policy): the tiny model as built, frozen, and a copy moved off it.
+def _models(reward_head: bool, num_labels: int = 1) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(reference, policy): the tiny model as built, frozen, and a copy moved off it;
+    with `reward_head`, a reward model with `num_labels` outputs (one per attribute for an
+    attribute model).
 
     At π = π_ref every reference-relative reward is 0: the examples would be
     indistinguishable and a permutation or reference check would see nothing. Seeded inside
@@ -408,7 +462,8 @@ def _models(reward_head: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MODEL_SEED)
-        policy = build_policy(ModelConfig(), _tokenizer(), reward_head=reward_head)
+        policy = build_policy(ModelConfig(), _tokenizer(), reward_head=reward_head,
+                              num_labels=num_labels)
         reference = make_reference(policy)
         with torch.no_grad():
             for p in policy.parameters():
@@ -419,18 +474,25 @@ def _models(reward_head: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
 def _module(policy, reference, objective: Objective):
     from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
 
+    # prefopt-train hands the module the schema of attributed records (prefopt.train.build).
+    schema = _schema() if objective.batch_format == BatchFormat.ATTRIBUTED else None
     # The reference log-prob implementation: the same numbers on every device and dtype.
     return PreferenceModule(policy, reference, objective, OptimizerConfig(), SchedulerConfig(),
-                            logprob_impl="torch")
+                            logprob_impl="torch", schema=schema)
 
 
 def _case(objective: Objective) -> _Case:
     """The kit's batch of the objective's format, through a PreferenceModule set up as
-    prefopt-train sets it up for this objective (a reference model only if it needs one)."""
+    prefopt-train sets it up for this objective (a reference model only if it needs one;
+    an attribute model with one output per attribute, on records without their attribute
+    line)."""
     needs = objective.needs()
-    reference, template = _models(needs.reward_model)
+    attributed = objective.batch_format == BatchFormat.ATTRIBUTED
+    num_labels = len(_schema()) if attributed and needs.reward_model else 1
+    reference, template = _models(reward_head=needs.reward_model, num_labels=num_labels)
     policy = copy.deepcopy(template)  # a fresh copy: the gradient check fills in .grad
-    batch = _batch(objective.batch_format.value, needs.mismatched_pairs)
+    batch = _batch(objective.batch_format.value, needs.mismatched_pairs,
+                   condition=not needs.reward_model)
     module = _module(policy, reference if needs.reference else None, objective)
     inputs, _ = module.loss_inputs(batch)
     return _Case(policy, batch, inputs)
@@ -445,10 +507,22 @@ def _detached(inputs):
     return dataclasses.replace(inputs, **{k: v.detach() for k, v in _tensors(inputs).items()})
 
 
+# Fields with a leading dimension that is not the rows': AttributeScores.scale [A].
+PER_ATTRIBUTE_FIELDS = {AttributeScores: ("scale",)}
+# The attribute axis of each AttributeScores tensor, for the attribute-order check.
+ATTRIBUTE_AXES = {"predictions": 1, "targets": 1, "present": 1, "scale": 0}
+
+
+def _row_tensors(inputs) -> dict[str, torch.Tensor]:
+    """The per-row input fields: every one with a leading dimension (per pair, example,
+    completion or response) but an attribute model's per-attribute `scale`. 0-dim ones
+    (kl_ratio) are per batch."""
+    per_attribute = PER_ATTRIBUTE_FIELDS.get(type(inputs), ())
+    return {k: v for k, v in _tensors(inputs).items() if v.ndim >= 1 and k not in per_attribute}
+
+
 def _row_count(inputs) -> int:
-    # Every input field with a leading dimension is per row: per pair, example or
-    # completion. 0-dim ones (kl_ratio) are per batch.
-    return next(len(v) for v in _tensors(inputs).values() if v.ndim >= 1)
+    return len(next(iter(_row_tensors(inputs).values())))
 
 
 def _prompt_count(inputs) -> int:
@@ -458,15 +532,18 @@ def _prompt_count(inputs) -> int:
 
 # -- loss and gradients -----------------------------------------------------------------
 
-def _check_loss_and_gradients(out: LossOutput, model: torch.nn.Module,
-                              reward_model: bool) -> None:
+def _check_loss_and_gradients(out: LossOutput, model: torch.nn.Module, inputs) -> None:
     """A finite scalar loss whose backward reaches every parameter with finite values.
 
-    Every parameter of the tiny causal LM and of the tiny scalar-head reward model takes
-    part in the forward (AutoModelForSequenceClassification puts its score head where the
-    LM head was and leaves no parameter unused), so each one must get a gradient: there is
-    nothing to exempt."""
-    owner, outputs = ("reward model", "scores") if reward_model else ("policy", "log-probs")
+    Every parameter of the tiny causal LM and of the tiny reward model (scalar or one
+    output per attribute) takes part in the forward (AutoModelForSequenceClassification
+    puts its score head where the LM head was and leaves no parameter unused), so each one
+    must get a gradient: there is nothing to exempt."""
+    owner, outputs = ("policy", "log-probs")
+    if isinstance(inputs, (PairwiseScores, RankedScores)):
+        owner, outputs = ("reward model", "scores")
+    elif isinstance(inputs, AttributeScores):
+        owner, outputs = ("reward model", "attribute predictions")
     if not isinstance(out, LossOutput):
         raise ConformanceError(f"loss() returned {type(out).__name__}, not a LossOutput")
     loss = out.loss
@@ -495,16 +572,22 @@ def _check_loss_and_gradients(out: LossOutput, model: torch.nn.Module,
 # -- metrics ----------------------------------------------------------------------------
 
 # Module-owned metrics: PreferenceModule logs these itself, an objective must not.
-MODULE_METRICS = ("loss", "logps/chosen", "logps/rejected", "kl", "entropy")
-# The shared implicit-reward schema; anything else goes under `<name>/`.
+MODULE_METRICS = ("loss", "logps/chosen", "logps/rejected", "logps/response", "kl", "entropy")
+# The shared implicit-reward schema of pairwise, unpaired and ranked records.
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
                   "rewards/accuracies")
+# The shared schema of attribute models: `attributes/<attribute>/<metric>` for each
+# attribute of the schema, in the attribute's units (mean absolute error, and the share of
+# predictions that round to the value).
+ATTRIBUTE_METRICS = ("mae", "accuracy")
 # What each format must report. An unpaired batch may lack a class, and then has no
 # chosen or rejected rewards and no margin; accuracies are always defined, and
-# prefopt-train keeps the checkpoint with the best val/rewards/accuracies.
+# prefopt-train keeps the checkpoint with the best val/rewards/accuracies. Attributed
+# records hold no preference: a finite scalar loss is all that is required of them.
 REQUIRED_METRICS = {BatchFormat.PAIRWISE: REWARD_METRICS,
                     BatchFormat.UNPAIRED: ("rewards/accuracies",),
-                    BatchFormat.RANKED: REWARD_METRICS}
+                    BatchFormat.RANKED: REWARD_METRICS,
+                    BatchFormat.ATTRIBUTED: ()}
 _HELPERS = {BatchFormat.PAIRWISE: " (prefopt.objective.preference_metrics computes them)",
             BatchFormat.RANKED: " (prefopt.plugins.kwise.ranking_metrics computes them)"}
 # rewards/chosen and rewards/rejected describe one side of the preferences: per pair, per
@@ -515,20 +598,37 @@ SIDE_LAYOUTS = {"rewards/chosen": ("per-pair", "per-prompt", "desirable-example"
 _LAYOUT_HINTS = {"desirable-example": " (values[labels])",
                  "undesirable-example": " (values[~labels])",
                  "per-prompt": " (indexed by group id)"}
+MONITOR_MODES = ("min", "max")
+
+
+def _given(attribute: str) -> str:
+    """The layout of the responses that give `attribute` (values[present[:, a]])."""
+    return f"{attribute}-given"
 
 
 def _layouts(inputs, rows: torch.Tensor, prompts: torch.Tensor) -> dict[str, torch.Tensor]:
     """The 1-D metric layouts of `inputs`' format, each as the item every entry stands for.
 
-    `rows` names the original row (pair, example or completion) in each row of `inputs`,
-    `prompts` the original prompt behind each group id: arange() for the batch as built,
-    carried along by a reordering, so that metrics can be compared entry by entry."""
+    `rows` names the original row (pair, example, completion or response) in each row of
+    `inputs`, `prompts` the original prompt behind each group id: arange() for the batch
+    as built, carried along by a reordering, so that metrics can be compared entry by
+    entry."""
     if isinstance(inputs, (PairwiseLogps, PairwiseScores)):
         return {"per-pair": rows}
     if isinstance(inputs, UnpairedLogps):
         # Values over one class in batch order, as values[labels] / values[~labels] give.
         return {"per-example": rows, "desirable-example": rows[inputs.labels],
                 "undesirable-example": rows[~inputs.labels]}
+    if isinstance(inputs, ResponseLogps):
+        return {"per-response": rows}
+    if isinstance(inputs, AttributeScores):
+        # Values over the responses that give an attribute, in batch order, as
+        # values[present[:, a]] gives; one that every response gives is per response.
+        layouts = {"per-response": rows}
+        for a, attribute in enumerate(inputs.names):
+            if not bool(inputs.present[:, a].all()):
+                layouts[_given(attribute)] = rows[inputs.present[:, a]]
+        return layouts
     return {"per-prompt": prompts, "per-completion": rows}
 
 
@@ -545,26 +645,62 @@ def _layouts_of(inputs) -> dict[str, torch.Tensor]:
     return layouts
 
 
-def _check_metrics(out: LossOutput, name: str, inputs, fmt: BatchFormat) -> None:
-    keys = _check_names(out, name)
+def _layout_hints(inputs) -> dict[str, str]:
+    """What each layout's entries are, for messages."""
+    hints = dict(_LAYOUT_HINTS)
+    if isinstance(inputs, AttributeScores):
+        for a, attribute in enumerate(inputs.names):
+            hints[_given(attribute)] = f" (the responses giving {attribute}: " \
+                f"values[present[:, {a}]])"
+    return hints
+
+
+def _allowed_layouts(key: str, layouts: dict[str, torch.Tensor], inputs
+                     ) -> dict[str, torch.Tensor]:
+    """The layouts metric `key` may take (its name passed _check_names)."""
+    if key in SIDE_LAYOUTS:
+        return {k: v for k, v in layouts.items() if k in SIDE_LAYOUTS[key]}
+    if isinstance(inputs, AttributeScores) and key.startswith("attributes/"):
+        layout = _given(key.split("/")[1])
+        layout = layout if layout in layouts else "per-response"  # given by every response
+        return {layout: layouts[layout]}
+    return layouts
+
+
+def _check_metrics(out: LossOutput, name: str, inputs, objective: Objective) -> None:
+    fmt = objective.batch_format
+    keys = _check_names(out, name, inputs)
     _check_required(keys, fmt)
+    _check_monitor(objective, keys)
     layouts = _layouts_of(inputs)
+    hints = _layout_hints(inputs)
     for key, value in out.metrics.items():
-        allowed = {k: v for k, v in layouts.items() if k in SIDE_LAYOUTS.get(key, layouts)}
-        _check_metric_value(key, value, allowed)
+        _check_metric_value(key, value, _allowed_layouts(key, layouts, inputs), hints)
 
 
-def _check_names(out: LossOutput, name: str) -> set[str]:
+def _shared_metrics(inputs) -> tuple[tuple[str, ...], str]:
+    """The shared metric names for these inputs, and how a message shows them."""
+    if isinstance(inputs, ResponseLogps):
+        return (), "(none for attributed records: they hold no preferences, hence no rewards)"
+    if isinstance(inputs, AttributeScores):
+        names = tuple(f"attributes/{a}/{m}" for a in inputs.names for m in ATTRIBUTE_METRICS)
+        return names, (f"attributes/<attribute>/{{{','.join(ATTRIBUTE_METRICS)}}} for the "
+                       f"attributes {list(inputs.names)}")
+    return REWARD_METRICS, str(list(REWARD_METRICS))
+
+
+def _check_names(out: LossOutput, name: str, inputs) -> set[str]:
     """Metric names are the shared schema's or under `<name>/`, never the module's own."""
     keys = set(out.metrics)
     owned = sorted(keys & set(MODULE_METRICS))
     if owned:
         raise ConformanceError(f"metrics {owned} are logged by the training module itself; "
                                f"put objective-specific values under '{name}/'")
-    stray = sorted(k for k in keys - set(REWARD_METRICS) if not k.startswith(f"{name}/"))
+    shared, shown = _shared_metrics(inputs)
+    stray = sorted(k for k in keys - set(shared) if not k.startswith(f"{name}/"))
     if stray:
         raise ConformanceError(f"metric names {stray} are neither in the shared schema "
-                               f"{list(REWARD_METRICS)} nor under '{name}/'")
+                               f"{shown} nor under '{name}/'")
     return keys
 
 
@@ -578,12 +714,42 @@ def _check_required(keys: set[str], fmt: BatchFormat) -> None:
                                f"{_HELPERS.get(fmt, '')}; missing {absent}{why}")
 
 
-def _check_metric_value(key: str, value, allowed: dict[str, torch.Tensor]) -> None:
+def _module_metrics(needs: Needs, fmt: BatchFormat) -> tuple[str, ...]:
+    """What PreferenceModule logs itself for an objective with these needs."""
+    if needs.reward_model:
+        return ("loss",)
+    logps = ("logps/response",) if fmt == BatchFormat.ATTRIBUTED \
+        else ("logps/chosen", "logps/rejected")
+    return ("loss", *logps, "entropy", *(("kl",) if needs.reference else ()))
+
+
+def _check_monitor(objective: Objective, keys: set[str]) -> None:
+    """`monitor` names a metric logged for the batch: prefopt-train's checkpoint callback
+    fails at the first validation on one that is never logged."""
+    cls = type(objective).__name__
+    monitor = objective.monitor
+    if not (isinstance(monitor, (tuple, list)) and len(monitor) == 2 and isinstance(monitor[0], str)
+            and monitor[1] in MONITOR_MODES):
+        raise ConformanceError(f"{cls}.monitor must be (metric, 'min' or 'max'), got "
+                               f"{monitor!r}")
+    metric, fmt = monitor[0], objective.batch_format
+    module = _module_metrics(objective.needs(), fmt)
+    if metric not in keys | set(module):
+        raise ConformanceError(
+            f"{cls}.monitor names '{metric}', which is not logged for {fmt.value} batches "
+            f"(the objective reports {sorted(keys)}, the training module {list(module)}); "
+            f"prefopt-train keeps the checkpoint with the best val/{metric}: report it, or "
+            "set `monitor` to a metric that is logged (without the val/ prefix), e.g. "
+            "('loss', 'min')")
+
+
+def _check_metric_value(key: str, value, allowed: dict[str, torch.Tensor],
+                        hints: dict[str, str]) -> None:
     """A detached, finite scalar or 1-D tensor in one of the `allowed` layouts."""
     if not isinstance(value, torch.Tensor):
         raise ConformanceError(f"metric '{key}' must be a tensor, got {type(value).__name__}")
     if value.ndim != 0 and not any(value.shape == (len(ids),) for ids in allowed.values()):
-        options = " or ".join(f"{layout} [{len(ids)}]{_LAYOUT_HINTS.get(layout, '')}"
+        options = " or ".join(f"{layout} [{len(ids)}]{hints.get(layout, '')}"
                               for layout, ids in allowed.items())
         raise ConformanceError(f"metric '{key}' must be a scalar or a {options} tensor, got "
                                f"shape {list(value.shape)}")
@@ -622,7 +788,8 @@ REFERENCE_FREE_NOT_APPLICABLE = "reference-free: not applicable (reward models s
 # The policy field each reference field mirrors, per log-prob input type.
 REFERENCE_FIELDS = {PairwiseLogps: {"ref_chosen": "chosen", "ref_rejected": "rejected"},
                     UnpairedLogps: {"ref_logps": "logps"},
-                    RankedLogps: {"ref_logps": "logps"}}
+                    RankedLogps: {"ref_logps": "logps"},
+                    ResponseLogps: {"ref_logps": "logps"}}
 
 
 def _check_reference_free(objective: Objective, inputs, batch) -> list[str]:
@@ -655,13 +822,43 @@ def _check_reference_free(objective: Objective, inputs, batch) -> list[str]:
 def _reference_logps(objective: Objective, batch) -> dict[str, torch.Tensor]:
     """The reference model's log-probs for the rows of `batch`, by reference field: what
     loss_inputs computes with the reference model in the policy's place."""
-    reference, _ = _models(reward_head=False)
+    reference, _ = _models(reward_head=False, num_labels=1)
     with torch.no_grad():
         inputs, _ = _module(reference, None, objective).loss_inputs(batch)
     return {ref: getattr(inputs, field) for ref, field in REFERENCE_FIELDS[type(inputs)].items()}
 
 
-# -- batch and listing order ------------------------------------------------------------
+# -- absent values ----------------------------------------------------------------------
+
+def _check_absent_values(objective: Objective, inputs) -> list[str]:
+    """An attribute model must mask out the values records lack: AttributeScores.targets
+    is anything where `present` is False (the module writes 0 there, before scaling)."""
+    if not isinstance(inputs, AttributeScores):
+        return []
+    absent = ~inputs.present
+    if not bool(absent.any()):
+        raise RuntimeError("prefopt.testing: the synthetic attributed batch gives every value; "
+                           "the absent-values check needs some missing (change DATA_SEED)")
+    generator = torch.Generator().manual_seed(2)
+    # Other values, inside and outside [0, 1]: a finite value, as the module passes.
+    other = (4.0 * torch.rand(inputs.targets.shape, generator=generator) - 1.5
+             ).to(inputs.targets.dtype)
+    changed = dataclasses.replace(inputs, targets=torch.where(absent, other, inputs.targets))
+    base = objective.loss(inputs)
+    try:
+        out = objective.loss(changed)
+    except Exception as exc:
+        raise ConformanceError(f"loss() fails when the targets of absent values (present "
+                               f"False) change: {type(exc).__name__}: {exc}") from exc
+    for key, diff in _differences(base, out, {})[:1]:
+        raise ConformanceError(f"'{key}' changes by {diff:.3g} when the targets of absent "
+                               "values (present False) change: a value a record does not "
+                               "give must be masked out with `present`, not read from "
+                               "`targets`")
+    return ["absent values"]
+
+
+# -- batch, listing and attribute order -------------------------------------------------
 
 @dataclass
 class _Reordering:
@@ -676,6 +873,28 @@ class _Reordering:
 
 def _reorderings(inputs) -> list[_Reordering]:
     """The reorderings that must not matter to inputs of this type."""
+    if isinstance(inputs, ResponseLogps):
+        return [_Reordering(
+            check="batch order", moved="the order of the responses in the batch",
+            rule="per-response metrics must be permuted with the responses, the loss "
+                 "unchanged",
+            make=_reorder_rows, moves=("per-response",))]
+    if isinstance(inputs, AttributeScores):
+        return [_Reordering(
+                    check="batch order",
+                    moved="the order of the responses in the batch (rows of predictions, "
+                          "targets and present moved together)",
+                    rule="per-response metrics must be permuted with the responses, metrics "
+                         "over the responses giving an attribute keep their batch order, "
+                         "the loss unchanged",
+                    make=_reorder_rows, moves=tuple(_layouts_of(inputs))),
+                _Reordering(
+                    check="attribute order",
+                    moved="the order of the attributes in the schema (columns of "
+                          "predictions, targets and present, names and scale permuted "
+                          "together)",
+                    rule="names, not positions, say which attribute a column is",
+                    make=_reorder_attributes, moves=())]
     if isinstance(inputs, (PairwiseLogps, PairwiseScores)):
         return [_Reordering(
             check="batch order", moved="the order of the pairs in the batch",
@@ -718,9 +937,9 @@ def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def _take_rows(inputs, rows: torch.Tensor):
-    """`inputs` with every per-row field in the order `rows`; per-batch fields unchanged."""
-    return dataclasses.replace(inputs, **{k: v[rows] for k, v in _tensors(inputs).items()
-                                          if v.ndim >= 1})
+    """`inputs` with every per-row field in the order `rows`; per-batch and per-attribute
+    fields unchanged."""
+    return dataclasses.replace(inputs, **{k: v[rows] for k, v in _row_tensors(inputs).items()})
 
 
 def _reorder_rows(inputs, generator):
@@ -750,6 +969,18 @@ def _reorder_listing(inputs, generator):
     rows = torch.cat([members[_derangement(len(members), generator)]
                       for members in _prompt_rows(inputs.group, prompts)])
     return _take_rows(inputs, rows), rows, prompts
+
+
+def _reorder_attributes(inputs, generator):
+    """An attribute model's inputs with the schema's attributes in another order: each
+    column moved with its name and scale; rows unchanged."""
+    order = _derangement(len(inputs.names), generator)
+    moved = {k: getattr(inputs, k).index_select(axis, order)
+             for k, axis in ATTRIBUTE_AXES.items()}
+    reordered = dataclasses.replace(inputs, names=tuple(inputs.names[i] for i in order),
+                                    **moved)
+    rows = torch.arange(_row_count(inputs))
+    return reordered, rows, rows
 
 
 def _alignment(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from prefopt.plugins.ipo import IPO
 from prefopt.plugins.kto import KTO
 from prefopt.plugins.kwise import plackett_luce_nll, ranking_metrics
 from prefopt.plugins.reward_models import RewardBT, RewardPL, bradley_terry_loss
+from prefopt.plugins.steerlm import AttributeModel, SteerLM, masked_mse, response_nll
 from prefopt.testing import (REFERENCE_FIELDS, REFERENCE_FREE_NOT_APPLICABLE,
                              ConformanceError, check_config, check_declaration,
                              check_entry_point, check_loss, check_objective)
@@ -41,17 +42,36 @@ def test_dpo_conforms_in_every_mode():
         "loss and gradients", "metric names", "reference-free", "batch order"]
 
 
-@pytest.mark.parametrize("name,checks", [
-    ("ipo", ["loss and gradients", "metric names", "batch order"]),
-    ("kto", ["loss and gradients", "metric names", "batch order"]),
-    ("kwise", ["loss and gradients", "metric names", "batch order", "listing order"]),
-    ("reward_bt", ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order"]),
-    ("reward_pl", ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order",
-                   "listing order"]),
-])
+BUILTIN_CHECKS = {
+    "ipo": ["loss and gradients", "metric names", "batch order"],
+    "kto": ["loss and gradients", "metric names", "batch order"],
+    "kwise": ["loss and gradients", "metric names", "batch order", "listing order"],
+    "reward_bt": ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order"],
+    "reward_pl": ["loss and gradients", "metric names", NOT_APPLICABLE, "batch order",
+                  "listing order"],
+    "steerlm": ["loss and gradients", "metric names", "reference-free", "batch order"],
+    "attribute_model": ["loss and gradients", "metric names", NOT_APPLICABLE, "absent values",
+                        "batch order", "attribute order"],
+}
+
+
+@pytest.mark.parametrize("name,checks", list(BUILTIN_CHECKS.items()))
 def test_builtins_of_every_format_conform(name, checks):
     ran = check_objective(registry.load(name), name)
     assert tensor_checks(ran) == checks
+
+
+def test_every_builtin_is_checked():
+    builtins = {name for name, info in registry.discover().items()
+                if info.distribution == "prefopt"}
+    assert builtins == {"dpo", *BUILTIN_CHECKS}  # dpo: in every mode, above
+
+
+def test_the_kit_feeds_what_prefopt_train_feeds():
+    from prefopt import train
+
+    assert testing.FED_FORMATS == train.FED_FORMATS
+    assert set(testing.REQUIRED_METRICS) == set(train.FED_FORMATS)
 
 
 # -- correct toy objectives, one per format; the broken ones below change one thing -----
@@ -109,33 +129,89 @@ class Listwise(Margin):
         return LossOutput(losses.mean(), ranking_metrics(inputs.logps, ranks, inputs.group))
 
 
+class Conditioned(Margin):
+    """A correct reference-free objective on attributed records: SteerLM's NLL, with a
+    metric of its own and no shared one (attributed records hold no preferences)."""
+
+    batch_format = BatchFormat.ATTRIBUTED
+    kit_name = "conditioned"
+    monitor = ("loss", "min")
+
+    def loss(self, inputs):
+        per_token = inputs.logps / inputs.tokens.clamp(min=1)
+        return LossOutput(response_nll(inputs.logps, inputs.tokens, "token"),
+                          {"conditioned/nll_per_token": -per_token.detach()})
+
+
+class Regression(Margin):
+    """A correct attribute model: masked MSE, the shared per-attribute metrics over the
+    responses giving each attribute, and one per-response metric of its own."""
+
+    batch_format = BatchFormat.ATTRIBUTED
+    kit_name = "regression"
+    monitor = ("attributes/quality/mae", "min")
+
+    def needs(self):
+        return Needs(reference=False, reward_model=True)
+
+    def loss(self, inputs):
+        error = (inputs.predictions.detach() - inputs.targets) * inputs.scale
+        metrics = {"regression/abs_error": (error.abs() * inputs.present).sum(1)}
+        for a, attribute in enumerate(inputs.names):
+            metrics[f"attributes/{attribute}/mae"] = error[inputs.present[:, a], a].abs()
+        return LossOutput(masked_mse(inputs.predictions, inputs.targets, inputs.present),
+                          metrics)
+
+
 def run(cls):
     return check_loss(cls(cls.Config(name=cls.kit_name)), cls.kit_name)
 
 
 @pytest.mark.parametrize("cls,orders", [(Margin, ["batch order"]),
                                         (Desirability, ["batch order"]),
-                                        (Listwise, ["batch order", "listing order"])])
+                                        (Listwise, ["batch order", "listing order"]),
+                                        (Conditioned, ["batch order"])])
 def test_the_base_cases_pass(cls, orders):
     assert run(cls) == ["loss and gradients", "metric names", "reference-free", *orders]
+
+
+def test_the_attribute_model_base_case_passes():
+    assert run(Regression) == ["loss and gradients", "metric names", NOT_APPLICABLE,
+                               "absent values", "batch order", "attribute order"]
+
+
+def test_attribute_models_get_the_schema_and_unconditioned_records():
+    """The kit's attribute model has one output per attribute of the synthetic schema and
+    reads the records without their attribute line, as prefopt-train builds it."""
+    objective = Regression(Regression.Config(name="regression"))
+    case = testing._case(objective)
+    schema = testing._schema()
+    assert case.inputs.predictions.shape == (testing.N_RECORDS, len(schema))
+    assert case.inputs.names == schema.names
+    assert case.model.config.num_labels == len(schema)
+    # Some values absent (the absent-values check needs them), and some given.
+    assert 0 < int(case.inputs.present.sum()) < case.inputs.present.numel()
+    conditioned = testing._case(Conditioned(Conditioned.Config(name="conditioned")))
+    assert case.batch["input_ids"].shape[1] < conditioned.batch["input_ids"].shape[1]
 
 
 def test_the_kit_leaves_the_random_state_alone():
     testing._models.cache_clear()  # building the models is what draws random numbers
     state = torch.random.get_rng_state()
     run(Margin)
+    run(Regression)  # the reward model with one output per attribute
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
 # -- formats and needs prefopt-train cannot feed ----------------------------------------
 
-@pytest.mark.parametrize("fmt", [BatchFormat.ATTRIBUTED, BatchFormat.PROMPTS])
-def test_formats_prefopt_train_cannot_feed(fmt):
+def test_formats_prefopt_train_cannot_feed():
     class Unfed(Margin):
-        batch_format = fmt
+        batch_format = BatchFormat.PROMPTS
 
-    with pytest.raises(ConformanceError, match=rf"consumes {fmt.value} records, which "
-                                               r"prefopt-train cannot feed yet"):
+    with pytest.raises(ConformanceError, match=r"consumes prompts records, which "
+                                               r"prefopt-train cannot feed yet \(it feeds "
+                                               r"pairwise, unpaired, ranked, attributed\)"):
         run(Unfed)
 
 
@@ -211,6 +287,28 @@ def test_all_zero_gradients():
         run(Flat)
 
 
+def test_steerlm_that_detaches_the_log_probs():
+    class Detached(SteerLM):
+        def loss(self, inputs):
+            return super().loss(dataclasses.replace(inputs, logps=inputs.logps.detach()))
+
+    with pytest.raises(ConformanceError, match=r"the loss carries no gradient: it does not "
+                                               r"depend on the policy's log-probs"):
+        check_loss(Detached(Detached.Config(name="steerlm")), "steerlm")
+
+
+def test_attribute_model_that_detaches_the_predictions():
+    class Detached(AttributeModel):
+        def loss(self, inputs):
+            return super().loss(dataclasses.replace(inputs,
+                                                    predictions=inputs.predictions.detach()))
+
+    with pytest.raises(ConformanceError, match=r"the loss carries no gradient: it does not "
+                                               r"depend on the reward model's attribute "
+                                               r"predictions"):
+        check_loss(Detached(Detached.Config(name="attribute_model")), "attribute_model")
+
+
 # -- metrics ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key,message", [
@@ -228,6 +326,77 @@ def test_metric_names_follow_the_schema(key, message):
 
     with pytest.raises(ConformanceError, match=message):
         run(Named)
+
+
+@pytest.mark.parametrize("cls,key,message", [
+    # Attributed records hold no preferences: no rewards/* for either kind of objective.
+    (Conditioned, "rewards/accuracies", r"metric names \['rewards/accuracies'\] are neither "
+                                        r"in the shared schema \(none for attributed records"),
+    (Regression, "rewards/chosen", r"metric names \['rewards/chosen'\] are neither in the "
+                                   r"shared schema attributes/<attribute>/\{mae,accuracy\} "
+                                   r"for the attributes \['quality', 'order', 'length'\] nor "
+                                   r"under 'regression/'"),
+    # attributes/* names the schema's attributes, with the shared metrics only ...
+    (Regression, "attributes/helpfulness/mae", r"metric names \['attributes/helpfulness/mae'\]"
+                                               r" are neither in the shared schema"),
+    (Regression, "attributes/quality/rmse", r"metric names \['attributes/quality/rmse'\] are "
+                                            r"neither in the shared schema"),
+    # ... and is an attribute model's: a log-prob objective has no predictions to score.
+    (Conditioned, "attributes/quality/mae", r"metric names \['attributes/quality/mae'\] are "
+                                            r"neither in the shared schema"),
+    (Conditioned, "logps/response", r"metrics \['logps/response'\] are logged by the training "
+                                    r"module itself"),
+])
+def test_attributed_metric_names_follow_the_schema(cls, key, message):
+    class Named(cls):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics[key] = torch.tensor(0.0)
+            return out
+
+    with pytest.raises(ConformanceError, match=message):
+        run(Named)
+
+
+@pytest.mark.parametrize("cls", [Conditioned, Regression])
+def test_attributed_objectives_need_no_metric(cls):
+    class Bare(cls):
+        monitor = ("loss", "min")
+
+        def loss(self, inputs):
+            return LossOutput(super().loss(inputs).loss)
+
+    assert "metric names" in run(Bare)
+
+
+@pytest.mark.parametrize("cls,monitor,message", [
+    # The default, rewards/accuracies, is never logged for attributed records.
+    (Conditioned, Objective.monitor, r"Monitored\.monitor names 'rewards/accuracies', which is "
+                                     r"not logged for attributed batches .* prefopt-train keeps "
+                                     r"the checkpoint with the best val/rewards/accuracies"),
+    (Regression, ("val/loss", "min"), r"names 'val/loss', which is not logged .*\(without "
+                                      r"the val/ prefix\)"),
+    # A reward model has no log-probs: the module logs no entropy for it.
+    (Regression, ("entropy", "min"), r"names 'entropy', which is not logged for attributed "
+                                     r"batches \(the objective reports \[.*\], the training "
+                                     r"module \['loss'\]\)"),
+    (Conditioned, ("loss", "lowest"), r"Monitored\.monitor must be \(metric, 'min' or 'max'\), "
+                                      r"got \('loss', 'lowest'\)"),
+])
+def test_monitor_names_a_logged_metric(cls, monitor, message):
+    class Monitored(cls):
+        pass
+
+    Monitored.monitor = monitor
+    with pytest.raises(ConformanceError, match=message):
+        run(Monitored)
+
+
+def test_monitor_may_name_a_module_metric():
+    class Monitored(Conditioned):
+        monitor = ("logps/response", "max")
+
+    assert "metric names" in run(Monitored)
 
 
 def test_missing_reward_metrics():
@@ -306,6 +475,20 @@ def test_non_finite_metric():
     (Listwise, "rewards/rejected", lambda i: i.logps.detach(),
      r"metric 'rewards/rejected' must be a scalar or a per-prompt \[7\] .* tensor, got "
      r"shape \[28\]"),
+    (Conditioned, "conditioned/table", lambda i: torch.zeros(len(i.logps), 2),
+     r"metric 'conditioned/table' must be a scalar or a per-response \[7\] tensor, got "
+     r"shape \[7, 2\]"),
+    # No per-attribute [B, A] or [A] metrics: the module averages over every entry.
+    (Regression, "regression/errors", lambda i: (i.predictions - i.targets).detach(),
+     r"metric 'regression/errors' must be a scalar or a per-response \[7\] or order-given "
+     r"\[4\] \(the responses giving order: values\[present\[:, 1\]\]\) tensor, got "
+     r"shape \[7, 3\]"),
+    (Regression, "regression/per_attribute", lambda i: torch.zeros(len(i.names)),
+     r"metric 'regression/per_attribute' must be a scalar or .* got shape \[3\]"),
+    # attributes/order/* is over the responses that give an order, not all of them.
+    (Regression, "attributes/order/mae", lambda i: (i.predictions - i.targets).detach()[:, 1],
+     r"metric 'attributes/order/mae' must be a scalar or a order-given \[4\] \(the responses "
+     r"giving order: values\[present\[:, 1\]\]\) tensor, got shape \[7\]"),
 ])
 def test_metric_of_the_wrong_shape(cls, key, value, message):
     class Shaped(cls):
@@ -320,7 +503,7 @@ def test_metric_of_the_wrong_shape(cls, key, value, message):
 
 # -- reference-free ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", [Margin, Desirability, Listwise])
+@pytest.mark.parametrize("cls", [Margin, Desirability, Listwise, Conditioned])
 def test_reference_free_that_reads_the_reference(cls):
     class Peeks(cls):
         def loss(self, inputs):
@@ -348,7 +531,34 @@ def test_reference_free_that_fails_on_reference_log_probs():
         run(Refuses)
 
 
-# -- batch and listing order ------------------------------------------------------------
+# -- absent values ----------------------------------------------------------------------
+
+def test_attribute_model_that_ignores_the_present_mask():
+    class Unmasked(AttributeModel):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            # Every entry counts: a value a record lacks is read as its target (0).
+            return LossOutput(torch.nn.functional.mse_loss(inputs.predictions, inputs.targets),
+                              out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"'loss' changes by [0-9.e+-]+ when the targets "
+                                               r"of absent values \(present False\) change: a "
+                                               r"value a record does not give must be masked"):
+        check_loss(Unmasked(Unmasked.Config(name="attribute_model")), "attribute_model")
+
+
+def test_attribute_metric_that_reads_absent_targets():
+    class Peeks(Regression):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics["regression/mean_target"] = inputs.targets.mean()
+            return out
+
+    with pytest.raises(ConformanceError, match=r"'regression/mean_target' changes by "):
+        run(Peeks)
+
+
+# -- batch, listing and attribute order ------------------------------------------------------------
 
 def test_loss_that_depends_on_batch_order():
     class Positional(Margin):
@@ -422,6 +632,85 @@ def test_per_prompt_metric_not_reordered_with_the_prompts():
     with pytest.raises(ConformanceError, match=r"metric 'listwise/group' depends on the order "
                                                r"of the prompts in the batch"):
         run(Indexed)
+
+
+def test_steerlm_whose_loss_depends_on_batch_order():
+    class Positional(SteerLM):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            weights = torch.linspace(0.5, 1.5, len(inputs.logps))
+            return LossOutput(-(weights * inputs.logps).sum() / inputs.tokens.sum(), out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order of the "
+                                               r"responses in the batch: it differs by"):
+        check_loss(Positional(Positional.Config(name="steerlm")), "steerlm")
+
+
+def test_per_response_metric_not_permuted_with_the_responses():
+    class Indexed(Conditioned):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.metrics["conditioned/position"] = torch.arange(len(inputs.logps)).float()
+            return out
+
+    with pytest.raises(ConformanceError, match=r"metric 'conditioned/position' depends on the "
+                                               r"order of the responses in the batch"):
+        run(Indexed)
+
+
+def test_attribute_model_whose_loss_depends_on_batch_order():
+    class Positional(AttributeModel):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            first = masked_mse(inputs.predictions[:1], inputs.targets[:1], inputs.present[:1])
+            return LossOutput(out.loss + first, out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order of the "
+                                               r"responses in the batch \(rows of predictions, "
+                                               r"targets and present moved together\)"):
+        check_loss(Positional(Positional.Config(name="attribute_model")), "attribute_model")
+
+
+def test_metric_over_the_responses_giving_an_attribute_not_reordered_with_them():
+    class Indexed(Regression):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            # The length of the responses giving `order`, but a position among them.
+            given = int(inputs.present[:, inputs.names.index("order")].sum())
+            out.metrics["regression/order_position"] = torch.arange(given).float()
+            return out
+
+    with pytest.raises(ConformanceError, match=r"metric 'regression/order_position' depends on "
+                                               r"the order of the responses in the batch"):
+        run(Indexed)
+
+
+def test_attribute_model_that_weighs_attributes_by_position():
+    class FirstMatters(Regression):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            weights = torch.linspace(2.0, 1.0, len(inputs.names))  # the first listed most
+            squared = (inputs.predictions - inputs.targets) ** 2 * inputs.present * weights
+            return LossOutput(squared.sum() / inputs.present.sum(), out.metrics)
+
+    with pytest.raises(ConformanceError, match=r"the loss depends on the order of the "
+                                               r"attributes in the schema .* names, not "
+                                               r"positions, say which attribute"):
+        run(FirstMatters)
+
+
+def test_attribute_metric_that_assumes_the_schema_order():
+    class Hardcoded(Regression):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            # Column 0 taken for `quality`: true of the synthetic schema, not of a user's.
+            out.metrics["regression/quality_error"] = \
+                (inputs.predictions[:, 0] - inputs.targets[:, 0]).detach().abs()
+            return out
+
+    with pytest.raises(ConformanceError, match=r"metric 'regression/quality_error' depends on "
+                                               r"the order of the attributes in the schema"):
+        run(Hardcoded)
 
 
 def listing_positions(group):
