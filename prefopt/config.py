@@ -20,6 +20,11 @@ from prefopt.models import ModelConfig
 from prefopt.module import OptimizerConfig, SchedulerConfig
 
 
+class ProgressBar(str, enum.Enum):
+    rich = "rich"  # Lightning's RichProgressBar: metrics in a live table under the bar
+    tqdm = "tqdm"  # Lightning's default bar, one line (friendlier to log files)
+
+
 class ReferenceMode(str, enum.Enum):
     model = "model"  # a frozen reference model computes log-probs at every step
     cached = "cached"  # computed once before training, stored on disk, reused
@@ -49,6 +54,8 @@ class TrainConfig:
     """Where cached reference log-probs live; empty: $PREFOPT_CACHE_DIR or ~/.cache/prefopt."""
     ckpt_path: Optional[str] = None
     """Resume from a checkpoint: `last` (<output_dir>/checkpoints/last.ckpt) or a path."""
+    progress_bar: ProgressBar = ProgressBar.rich
+    """The progress bar while training, when trainer.enable_progress_bar is true."""
     export_policy: bool = True
     """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
 

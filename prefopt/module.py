@@ -228,11 +228,18 @@ class PreferenceModule(pl.LightningModule):
         # A batch may hold no example of a kind (e.g. no undesirable completion): skip the
         # metric for this batch rather than log the NaN of an empty mean.
         metrics = {k: v for k, v in metrics.items() if v.numel() > 0}
-        self._check_finite(metrics, stage)
+        # Means over every device, so that a NaN on one device stops all of them together
+        # (one stopping alone would leave the others waiting in a collective).
+        reduced = self._metrics_across_devices(metrics, weights, n_groups, stage)
+        self._check_finite({name: mean for name, (mean, _) in reduced.items()}, stage)
         on_step = stage == "train"
-        for name, value in metrics.items():
-            self.log(f"{stage}/{name}", value.float().mean(),
-                     batch_size=weights.get(name, n_groups),
+        for name, (mean, weight) in reduced.items():
+            # Already the global batch's value on every device: train/ values are those of
+            # the whole step, and Lightning's epoch average of val/ ones, weighted by each
+            # batch's global weight, is the mean over the whole validation set. sync_dist
+            # then changes nothing (equal values on every device); it only spares
+            # Lightning's warning about unsynced epoch metrics.
+            self.log(f"{stage}/{name}", mean, batch_size=weight,
                      on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
                      prog_bar=name in ("loss", "rewards/accuracies"))
         return loss
@@ -248,6 +255,58 @@ class PreferenceModule(pl.LightningModule):
                     f"{stage}/{name} became {mean.item()} at step {self.global_step}; "
                     "stopping. Try a lower optimizer.lr, gradient clipping "
                     "(trainer.gradient_clip_val) or trainer.precision=32-true.")
+
+    def _metrics_across_devices(self, metrics: dict[str, torch.Tensor],
+                                weights: dict[str, int], n_groups: int, stage: str
+                                ) -> dict[str, tuple[torch.Tensor, int]]:
+        """{name: (mean, weight)} of each metric over the batches of all devices.
+
+        A metric's weight on one device is `weights[name]` where given (entropy: its
+        tokens); else, for a tensor of values (per pair, example or completion), their
+        number, so the mean is that over all values of the global batch; else (a scalar,
+        e.g. the loss, a mean over the batch's examples) the number of prompts. Across
+        devices the mean is Σ mean·weight / Σ weight: one all-reduce of a sum per step.
+        Lightning's sync_dist cannot replace it: it averages step (train/) values
+        unweighted, and on gloo it averages epoch values' summed weights across devices
+        in their integer dtype, truncating them (docs/distributed.md).
+        """
+        local = {name: (value.detach().float().mean(), int(weights.get(
+                     name, value.numel() if value.ndim > 0 else n_groups)))
+                 for name, value in metrics.items()}
+        trainer = self._trainer  # None outside a Trainer (unit tests, conformance kit)
+        if trainer is None or trainer.world_size <= 1:
+            return local
+        # Devices may log different metrics (a batch without an undesirable example has no
+        # rewards/rejected), but an all-reduce needs one layout: every name seen so far on
+        # any device, in the order first seen (rank 0's first: the loss leads), agreed on
+        # again whenever a device sees a new one. Every device then logs the same names in
+        # the same order, as Lightning's epoch-end sync of each metric requires.
+        known = self.__dict__.setdefault("_metric_names_across_devices", {}).setdefault(
+            stage, [])
+        while True:
+            totals = self._sums_across_devices(local, known)
+            flat = totals.tolist()  # one device sync
+            if flat[-1] == 0:  # no device saw a name outside `known`
+                break
+            names = [None] * trainer.world_size
+            torch.distributed.all_gather_object(names, list(local))
+            known += [name for name in dict.fromkeys(n for ns in names for n in ns)
+                      if name not in known]
+        return {name: ((totals[2 * i] / totals[2 * i + 1]).float(), round(flat[2 * i + 1]))
+                for i, name in enumerate(known) if flat[2 * i + 1] > 0}
+
+    def _sums_across_devices(self, local: dict[str, tuple[torch.Tensor, int]],
+                             known: list[str]) -> torch.Tensor:
+        """[Σ mean·weight, Σ weight] for each name of `known` (0, 0 where a device lacks
+        it), then the number of devices with a name outside `known`; summed over devices."""
+        device = next(iter(local.values()))[0].device if local else self.device
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        parts = []
+        for name in known:
+            mean, weight = local.get(name, (zero, 0))
+            parts += [mean.double() * weight, zero + weight]
+        parts.append(zero + any(name not in known for name in local))
+        return self._trainer.strategy.reduce(torch.stack(parts), reduce_op="sum")
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")

@@ -25,6 +25,7 @@ from prefopt.models import build_policy, build_tokenizer, exportable, make_refer
 from prefopt.module import PreferenceModule
 from prefopt.objective import BatchFormat
 from prefopt.plots import plot_curves
+from prefopt.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,20 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
                                   save_top_k=1, save_last=True, filename="best-step{step}",
                                   auto_insert_metric_name=False)
     resume = _resume_checkpoint(cfg, out)
-    earlier = _set_aside_metrics(out, resume) if resume else []
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values()]
     trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out), logger=loggers,
-                         callbacks=[checkpoints])
+                         callbacks=[checkpoints, *_progress_bar(cfg)])
+    # Sharded parameters (FSDP, DeepSpeed ZeRO-3) are not whole on any one process outside
+    # a step: saving them as policy/ would write a wrong model.
+    if cfg.export_policy and (isinstance(trainer.strategy, pl.strategies.FSDPStrategy)
+                              or getattr(trainer.strategy, "zero_stage_3", False)):
+        raise registry.PluginError(
+            f"export_policy=true with trainer.strategy={cfg.trainer.get('strategy')}: "
+            "prefopt-train cannot save policy/ from sharded parameters yet; set "
+            "export_policy=false and export from the checkpoints")
+    # Under DDP every process runs this; only rank 0 (known once the Trainer exists) owns
+    # the run directory's files.
+    earlier = _set_aside_metrics(out, resume) if resume and trainer.is_global_zero else []
     if resume:
         start = _start_metrics(earlier)
     else:
@@ -186,6 +197,13 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
             plot_curves(out / "metrics.csv", out / "curves.png")
         print_summary(start, end, trainer.global_step, out, f"val/{metric}")
     return {"start": start, "end": end}
+
+
+def _progress_bar(cfg: DictConfig) -> list[pl.Callback]:
+    """Lightning's Rich bar when asked for; none means Lightning's own (tqdm) bar."""
+    if cfg.progress_bar == "rich" and cfg.trainer.get("enable_progress_bar", True):
+        return [StepProgressBar(leave=True)]
+    return []
 
 
 def _resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:
