@@ -13,11 +13,13 @@ from prefopt import registry
 from prefopt.config import register_schema
 from prefopt.data.records import RecordError
 from prefopt.module import NonFiniteError
+from prefopt.rewards import RewardError
 
 log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
-_USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError, FileNotFoundError)
+_USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError, FileNotFoundError,
+                RewardError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")

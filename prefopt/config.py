@@ -18,6 +18,8 @@ from omegaconf import MISSING
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
 from prefopt.module import OptimizerConfig, SchedulerConfig
+from prefopt.rewards import RewardConfig
+from prefopt.rollout import RolloutConfig
 
 
 class ProgressBar(str, enum.Enum):
@@ -42,6 +44,10 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     logger: dict[str, Any] = field(default_factory=dict)
     """Lightning loggers by name, each instantiated from its `_target_`."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Online objectives (reinforce, ppo): how completions are sampled."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Online objectives: what scores the samples (group `reward`: synthetic, model)."""
     seed: int = 0
     output_dir: str = "${hydra:runtime.output_dir}"
     """Where the run writes config.yaml, metrics.csv, checkpoints/ and policy/."""

@@ -31,6 +31,8 @@ class SequenceLogps:
     tokens: torch.Tensor  # [R] number of completion tokens
     entropy: torch.Tensor  # [R] Σ_t H(π(· | x, y_<t)); detached unless asked for
     token_logps: torch.Tensor | None = None  # [R, T-1], zero off the completion
+    token_entropy: torch.Tensor | None = None  # [R, T-1], zero off the completion
+    hidden: torch.Tensor | None = None  # [R, T, H] final hidden states, if kept (value heads)
 
 
 def lm_head_weight(model) -> torch.Tensor:
@@ -67,8 +69,10 @@ def _kernel_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 def completion_logps(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
                      impl: str = "auto", entropy_grad: bool = False,
-                     token_level: bool = False) -> SequenceLogps:
-    """Log-probs of the completion tokens marked by `batch["completion_mask"]`."""
+                     token_level: bool = False, keep_hidden: bool = False) -> SequenceLogps:
+    """Log-probs of the completion tokens marked by `batch["completion_mask"]`, at
+    `temperature` (log softmax(W h / T)). `token_level` adds the per-token values,
+    `keep_hidden` the trunk's hidden states (a value head on the policy reads them)."""
     hidden = trunk_hidden_states(model, batch["input_ids"], batch["attention_mask"])
     weight = lm_head_weight(model)
     predicts_completion = batch["completion_mask"][:, 1:]
@@ -81,11 +85,13 @@ def completion_logps(model, batch: dict[str, torch.Tensor], *, temperature: floa
         entropy = entropy.detach()
     n_seq = hidden.shape[0]
     zeros = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device)
-    token_logps = None
+    token_logps = token_entropy = None
     if token_level:
-        token_logps = torch.zeros(predicts_completion.shape, dtype=torch.float32,
-                                  device=hidden.device).index_put((rows, positions), logp)
+        grid = torch.zeros(predicts_completion.shape, dtype=torch.float32, device=hidden.device)
+        token_logps = grid.index_put((rows, positions), logp)
+        token_entropy = grid.index_put((rows, positions), entropy)
     return SequenceLogps(logps=zeros.index_add(0, rows, logp),
                          tokens=predicts_completion.sum(1),
                          entropy=zeros.index_add(0, rows, entropy),
-                         token_logps=token_logps)
+                         token_logps=token_logps, token_entropy=token_entropy,
+                         hidden=hidden if keep_hidden else None)

@@ -317,9 +317,14 @@ class PreferenceModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates: the policy's trainable weights (subclasses add
+        theirs, e.g. a value head)."""
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
     def configure_optimizers(self):
         cfg, sched = self.optimizer_cfg, self.scheduler_cfg
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        params = self.trainable_parameters()
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),

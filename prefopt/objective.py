@@ -45,6 +45,9 @@ class Needs:
     entropy: bool = False  # per-token entropy with gradient (it is always logged, detached)
     mismatched_pairs: bool = False  # log-ratios of (prompt_i, completion_i+1): KL estimates
     reward_model: bool = False  # train a scalar-head reward model: loss() gets scores
+    # Online objectives (batch format `prompts`): a value head, on the policy's trunk
+    # ("shared") or on a copy of it ("separate"); None for none.
+    value_model: str | None = None
 
 
 @dataclass
@@ -142,6 +145,48 @@ class RankedScores:
 
 
 @dataclass
+class Experience:
+    """One scored rollout, everything detached: R completions sampled from the policy for
+    G prompts (`group` says which). Token tensors are [R, L] over the positions that
+    predict a token of the row; `mask` marks the completion's tokens (contiguous,
+    right-padded), and every token tensor is 0 off it."""
+
+    mask: torch.Tensor  # [R, L] bool
+    logps: torch.Tensor  # [R, L] log π_old(y_t): the policy that sampled, at sampling time
+    scores: torch.Tensor  # [R] the reward source's, missing-EOS penalty included
+    group: torch.Tensor  # [R] in [0, G)
+    ref_logps: torch.Tensor | None = None  # [R, L] log π_ref(y_t), if needs().reference
+    values: torch.Tensor | None = None  # [R, L] V_old(s_t), if needs().value_model
+
+
+@dataclass
+class Advantages:
+    """What an online objective derives from an Experience before optimising on it."""
+
+    advantages: torch.Tensor  # [R, L], 0 off the mask (a sequence's value on its tokens)
+    returns: torch.Tensor | None = None  # [R, L] value targets, for objectives with values
+    rewards: torch.Tensor | None = None  # [R] the rewards optimised (KL penalty included)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class OnlineLogps:
+    """A minibatch of an Experience with the current policy's log-probs (with gradient).
+
+    Row-aligned slices of the Experience and its Advantages come with it."""
+
+    logps: torch.Tensor  # [r, L] log π_θ(y_t), with gradient
+    entropy: torch.Tensor  # [r] Σ_t H(π_θ(· | s_t)) over the completion; grad if needs().entropy
+    mask: torch.Tensor  # [r, L]
+    old_logps: torch.Tensor  # [r, L]
+    advantages: torch.Tensor  # [r, L]
+    ref_logps: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # [r, L] V_θ(s_t), with gradient
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
+@dataclass
 class LossOutput:
     """A scalar loss to minimise and metrics to log.
 
@@ -185,8 +230,44 @@ class Objective(abc.ABC):
 
         `inputs` is PairwiseLogps, UnpairedLogps, RankedLogps or ResponseLogps by
         `batch_format`, or PairwiseScores / RankedScores / AttributeScores when
-        `needs().reward_model`.
+        `needs().reward_model`; OnlineLogps for online objectives (one minibatch).
         """
+
+
+class OnlineObjective(Objective):
+    """An objective that learns from its own samples (REINFORCE, PPO).
+
+    The module samples `rollout.num_samples` completions per prompt, scores them with the
+    reward source, computes the Experience under no_grad, and asks the objective for its
+    Advantages (`advantages`, pure tensor math). It then makes `schedule()` = (epochs,
+    minibatches) passes over the rollout, one optimizer step per minibatch, each on
+    `loss(OnlineLogps)`. Minibatches are the same rows in every epoch's shuffled order,
+    and the Experience's old log-probs are computed on the first epoch's minibatches
+    exactly as that epoch feeds them, so the first minibatch's ratio π_θ/π_old is 1.
+    """
+
+    batch_format: ClassVar[BatchFormat] = BatchFormat.PROMPTS
+    monitor: ClassVar[tuple[str, str]] = ("reward/mean", "max")
+
+    def schedule(self) -> tuple[int, int]:
+        """(epochs over each rollout, minibatches per epoch)."""
+        return 1, 1
+
+    @abc.abstractmethod
+    def advantages(self, experience: Experience) -> Advantages:
+        """Per-token advantages (and returns) of a rollout."""
+
+    def after_rollout(self, experience: Experience) -> dict[str, torch.Tensor]:
+        """Called once a rollout's optimisation is done (e.g. an adaptive KL coefficient
+        updates here); returns metrics to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """State that changes during training (saved in checkpoints, for resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor

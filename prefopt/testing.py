@@ -25,8 +25,8 @@ value), built by the real data path, on the built-in tiny model moved off its re
 attribute of the synthetic schema, quality, order and length, fed the records without
 their attribute line, as prefopt-train feeds an attribute model):
 
-- feedable: a format prefopt-train cannot feed (prompts), a reward model on unpaired
-  records, or mismatched pairs without a reference is a failure;
+- feedable: an online objective (prompts: not covered by the kit), a reward model on
+  unpaired records, or mismatched pairs without a reference is a failure;
 - loss and gradients: the loss is a finite scalar with a gradient, and every policy (or
   reward-model) parameter receives a finite gradient, not all of them zero;
 - metric names: the shared schema of the format or keys under `<name>/`, never the
@@ -389,6 +389,11 @@ def check_loss(objective: Objective, name: str) -> list[str]:
 def _check_feedable(objective: Objective, needs: Needs, name: str) -> None:
     """What prefopt-train cannot hand the objective is a failure, not a skipped check."""
     fmt = objective.batch_format
+    if fmt == BatchFormat.PROMPTS:
+        raise ConformanceError(f"objective '{name}' consumes prompts: an online objective, "
+                               "which this kit does not cover (it checks losses on recorded "
+                               "records); test its advantages and loss against hand values, "
+                               "as prefopt's tests/plugins/test_ppo.py does")
     if fmt not in FED_FORMATS:
         raise ConformanceError(f"objective '{name}' consumes {fmt.value} records, which "
                                "prefopt-train cannot feed yet (it feeds "

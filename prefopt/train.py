@@ -22,8 +22,11 @@ from rich.table import Table
 from prefopt import reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
 from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
+from prefopt.data.prompts import PromptDataModule
 from prefopt.module import PreferenceModule
-from prefopt.objective import BatchFormat
+from prefopt.objective import BatchFormat, OnlineObjective
+from prefopt.online import OnlineModule
+from prefopt.rewards import build_reward
 from prefopt.plots import plot_curves
 from prefopt.progress import StepProgressBar
 
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED,
                BatchFormat.ATTRIBUTED)
 SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/kl",
-                "val/logps/chosen", "val/logps/rejected", "val/logps/response", "val/entropy")
+                "val/logps/chosen", "val/logps/rejected", "val/logps/response", "val/entropy",
+                "val/reward/mean", "val/response/length", "val/response/ended")
 
 
 
@@ -53,6 +57,8 @@ def build(cfg: DictConfig):
     """(module, datamodule, tokenizer) for a composed config."""
     objective = registry.build(OmegaConf.to_object(cfg.objective))
     needs = objective.needs()
+    if objective.batch_format == BatchFormat.PROMPTS:
+        return _build_online(cfg, objective, needs)
     if objective.batch_format not in FED_FORMATS:
         raise registry.PluginError(
             f"objective '{objective.config.name}' consumes {objective.batch_format.value} "
@@ -79,6 +85,34 @@ def build(cfg: DictConfig):
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
                               OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl,
                               reference_cached=cached, schema=schema)
+    return module, datamodule, tokenizer
+
+
+def _build_online(cfg: DictConfig, objective, needs):
+    """An online objective (prompts in, samples scored by the reward source)."""
+    name = objective.config.name
+    if not isinstance(objective, OnlineObjective):
+        raise registry.PluginError(f"objective '{name}' consumes prompts, which only "
+                                   "online objectives (subclasses of OnlineObjective) can")
+    if cfg.reference == "cached":
+        raise registry.PluginError(f"reference=cached cannot serve objective '{name}': it "
+                                   "samples new completions at every step; use reference=model")
+    if needs.reward_model:
+        raise registry.PluginError(f"objective '{name}': an online objective trains a policy, "
+                                   "not a reward model")
+    model_cfg = OmegaConf.to_object(cfg.model)
+    tokenizer = build_tokenizer(model_cfg)
+    policy = build_policy(model_cfg, tokenizer)
+    reference = make_reference(policy) if needs.reference and not uses_lora(policy) else None
+    reward_cfg = OmegaConf.to_object(cfg.reward)
+    rollout_cfg = OmegaConf.to_object(cfg.rollout)
+    reward = build_reward(reward_cfg)
+    datamodule = PromptDataModule(OmegaConf.to_object(cfg.data), tokenizer,
+                                  max_new_tokens=rollout_cfg.max_new_tokens, seed=cfg.seed)
+    module = OnlineModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
+                          OmegaConf.to_object(cfg.scheduler), tokenizer, reward, rollout_cfg,
+                          logprob_impl=cfg.logprob_impl, seed=cfg.seed,
+                          missing_eos_penalty=reward_cfg.missing_eos_penalty)
     return module, datamodule, tokenizer
 
 
@@ -158,7 +192,14 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
                                   auto_insert_metric_name=False)
     resume = _resume_checkpoint(cfg, out)
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values()]
-    trainer = pl.Trainer(**cfg.trainer, default_root_dir=str(out), logger=loggers,
+    trainer_args = dict(cfg.trainer)
+    if not module.automatic_optimization:
+        # Online objectives step the optimizer themselves (several steps per rollout), and
+        # Lightning refuses automatic clipping then: the module clips each step instead.
+        module.gradient_clip_val = trainer_args.pop("gradient_clip_val", None)
+        module.gradient_clip_algorithm = trainer_args.pop("gradient_clip_algorithm",
+                                                          None) or "norm"
+    trainer = pl.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers,
                          callbacks=[checkpoints, *_progress_bar(cfg)])
     # Sharded parameters (FSDP, DeepSpeed ZeRO-3) are not whole on any one process outside
     # a step: saving them as policy/ would write a wrong model.

@@ -159,13 +159,9 @@ class PreferenceDataModule(pl.LightningDataModule):
                           collate_fn=collate, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = ResumableSampler(len(self.groups["train"]), self.seed, self.cfg.shuffle)
-        trainer = self.trainer  # set by Lightning; None when used on its own
-        if trainer is not None and trainer.fit_loop.restarting:
-            # Resumed from a checkpoint: continue this epoch after the batches it had done.
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-            sampler.set_epoch(trainer.current_epoch)
-            sampler.start_at(done * self.cfg.batch_size)
+        # self.trainer: set by Lightning; None when used on its own.
+        sampler = ResumableSampler.for_trainer(self.trainer, len(self.groups["train"]),
+                                               self.seed, self.cfg.shuffle, self.cfg.batch_size)
         return self._loader("train", self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

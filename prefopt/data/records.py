@@ -9,6 +9,7 @@ a list of chat messages `{"role": ..., "content": ...}`:
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
 - attributed `{prompt, response, attributes: {name: value}}` (SteerLM); the values are
             checked against the run's attribute schema (prefopt.attributes) when loaded
+- prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions
 
 All become a `Record`: a prompt with its completions. Every record is checked as it is read; a bad one raises `RecordError` naming the source,
 the line (JSONL) or record index, and the field. Nothing is skipped silently, so a
@@ -48,7 +49,7 @@ class Record:
     label: bool | None = None  # unpaired: is the completion desirable
     ranks: tuple[int, ...] | None = None  # ranked: lower is better; pairwise: (0, 1)
     margin: float | None = None  # pairwise: optional preference strength
-    kind: str = "pairwise"  # pairwise | unpaired | ranked | attributed
+    kind: str = "pairwise"  # pairwise | unpaired | ranked | attributed | prompts
     attributes: tuple[tuple[str, float], ...] | None = None  # attributed: (name, value)s
 
     def completion_field(self, index: int) -> str:
@@ -253,13 +254,19 @@ def parse_attributed(where: str, raw: Any) -> Record:
                   attributes=tuple((str(k), v) for k, v in attributes.items()))
 
 
+def parse_prompt(where: str, raw: Any) -> Record:
+    """A prompt alone, for online objectives: they sample the completions themselves."""
+    _require(where, raw, ("prompt",))
+    return Record(_check_text(where, "prompt", raw["prompt"]), (), where, kind="prompts")
+
+
 PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": parse_ranked,
-           "attributed": parse_attributed}
+           "attributed": parse_attributed, "prompts": parse_prompt}
 
 
 def read_records(path: str, fmt: str, split: str = "train") -> list[Record]:
-    """Every record of `path` in format `fmt` (pairwise | unpaired | ranked | attributed),
-    checked."""
+    """Every record of `path` in format `fmt` (pairwise | unpaired | ranked | attributed |
+    prompts), checked."""
     if fmt not in PARSERS:
         raise ValueError(f"no reader for {fmt!r} records; known: {sorted(PARSERS)}")
     parse = PARSERS[fmt]

@@ -18,6 +18,18 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self._start = 0
 
+    @classmethod
+    def for_trainer(cls, trainer, size: int, seed: int, shuffle: bool, batch_size: int
+                    ) -> "ResumableSampler":
+        """The training sampler; when `trainer` (Lightning's, or None) is resuming from a
+        checkpoint, positioned after the batches its epoch had done."""
+        sampler = cls(size, seed, shuffle)
+        if trainer is not None and trainer.fit_loop.restarting:
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            sampler.set_epoch(trainer.current_epoch)
+            sampler.start_at(done * batch_size)
+        return sampler
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 

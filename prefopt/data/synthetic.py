@@ -258,13 +258,16 @@ def _attributed(prompt: str, rng: random.Random, cfg: SyntheticConfig) -> dict:
 
 def splits(cfg: SyntheticConfig, fmt: str = "pairwise") -> dict[str, list[dict]]:
     """{"train": [...], "val": [...]} raw records of format `fmt` (pairwise | unpaired |
-    ranked | attributed), on disjoint prompts, reproducible from `cfg.seed`."""
+    ranked | attributed | prompts), on disjoint prompts, reproducible from `cfg.seed`.
+    Every format but attributed has the same prompts: online objectives train on the
+    pairwise task's training prompts and validate on its held-out ones."""
     _check(cfg)
     rng = random.Random(cfg.seed)
     make = {"pairwise": lambda p: _pair(p, rng),
             "unpaired": lambda p: _unpaired(p, rng, cfg),
             "ranked": lambda p: _ranking(p, rng, cfg),
-            "attributed": lambda p: _attributed(p, rng, cfg)}
+            "attributed": lambda p: _attributed(p, rng, cfg),
+            "prompts": lambda p: {"prompt": p}}
     if fmt not in make:
         raise ValueError(f"the synthetic task has no {fmt!r} records; it has {sorted(make)}")
     if fmt == "attributed" and cfg.max_digits > 10:

@@ -339,7 +339,8 @@ def test_export_with_sharded_parameters_is_refused(compose, monkeypatch, tmp_pat
 
     monkeypatch.setattr(train.pl, "Trainer", Trainer)
     module = types.SimpleNamespace(
-        objective=types.SimpleNamespace(monitor=("rewards/accuracies", "max")))
+        objective=types.SimpleNamespace(monitor=("rewards/accuracies", "max")),
+        automatic_optimization=True)
     cfg = compose("trainer=deepspeed", "trainer.strategy=deepspeed_stage_3")
     with pytest.raises(registry.PluginError, match="cannot save policy/ from sharded"):
         train._fit(cfg, tmp_path, module, None, None)

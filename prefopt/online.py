@@ -1,0 +1,238 @@
+"""OnlineModule: the LightningModule of online objectives (REINFORCE, PPO).
+
+One training step is one rollout, then the objective's passes over it:
+
+1. sample `rollout.num_samples` completions of each prompt of the batch from the policy
+   (seeded by the run's seed and the optimizer step, so a resumed run samples the same);
+2. score them with the reward source (missing-EOS penalty included);
+3. under no_grad: the sampling policy's token log-probs, the reference's, the old values
+   (the Experience), then the objective's advantages;
+4. `schedule()` = (epochs, minibatches): each epoch shuffles the rows and takes one
+   optimizer step per minibatch on `objective.loss`. The old log-probs were computed on
+   the first epoch's minibatches exactly as it feeds them, so the first ratio is 1.
+
+Lightning's manual optimisation runs the steps: `trainer.max_steps` counts optimizer
+steps (a PPO rollout with 4 epochs of 2 minibatches is 8), and gradient clipping
+(`trainer.gradient_clip_val`) is applied here, per step. Validation answers each held-out
+prompt greedily and logs the reward of the answers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prefopt.logprobs import completion_logps
+from prefopt.module import PreferenceModule
+from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective
+from prefopt.rewards import RewardError, apply_missing_eos_penalty
+from prefopt.rl import KLEstimator, kl_estimate
+from prefopt.rollout import Rollout, RolloutConfig, check_config, sample
+from prefopt.value import build_value_model, token_values
+
+_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
+_STATE_KEY = "prefopt_objective_state"
+
+
+class OnlineModule(PreferenceModule):
+    def __init__(self, policy, reference, objective: OnlineObjective, optimizer, scheduler,
+                 tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
+                 seed: int = 0, missing_eos_penalty: float | None = None):
+        if not isinstance(objective, OnlineObjective):
+            raise TypeError(f"OnlineModule hosts OnlineObjective subclasses, got "
+                            f"{type(objective).__name__}")
+        super().__init__(policy, reference, objective, optimizer, scheduler,
+                         logprob_impl=logprob_impl)
+        check_config(rollout)
+        self.automatic_optimization = False
+        self.tokenizer, self.reward, self.rollout_cfg = tokenizer, reward, rollout
+        self.seed, self.missing_eos_penalty = seed, missing_eos_penalty
+        self.value_model = build_value_model(self.needs.value_model, policy)
+        # Set from trainer.gradient_clip_val by prefopt.train: Lightning refuses automatic
+        # clipping under manual optimisation, so the module clips each step itself.
+        self.gradient_clip_val: float | None = None
+        self.gradient_clip_algorithm = "norm"
+
+    # -- what is trained ---------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = super().trainable_parameters()
+        if self.value_model is not None:
+            params += [p for p in self.value_model.parameters() if p.requires_grad]
+        return params
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def _sample(self, batch: dict, greedy: bool) -> Rollout:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            # Sampling depends on (seed, step) only: a resumed run draws what an
+            # uninterrupted one would, and no other random state is disturbed.
+            torch.manual_seed(self.seed * 1_000_003 + self.global_step)
+            return sample(self.policy, self.tokenizer, batch["prompts"], batch["prompt_ids"],
+                          self.rollout_cfg, greedy=greedy)
+
+    def _score(self, rollout: Rollout) -> torch.Tensor:
+        scores = self.reward(rollout.prompts, rollout.completions)
+        if scores.shape != (len(rollout.completions),):
+            raise RewardError(f"the reward source returned {tuple(scores.shape)} scores for "
+                              f"{len(rollout.completions)} samples")
+        return scores.to(self.device, torch.float32)
+
+    def _forward(self, rows: dict[str, torch.Tensor], grad: bool):
+        """Token log-probs, entropy and values of the policy on `rows`: the one code path
+        of both the Experience (no grad) and the loss (grad), so that they agree bitwise."""
+        with torch.set_grad_enabled(grad):
+            out = completion_logps(self.policy, rows, temperature=self.rollout_cfg.temperature,
+                                   impl=self.logprob_impl,
+                                   entropy_grad=grad and self.needs.entropy, token_level=True,
+                                   keep_hidden=self.needs.value_model == "shared")
+            values = token_values(self.value_model, rows, out.hidden) \
+                if self.value_model is not None else None
+        return out, values
+
+    def _reference_token_logps(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log π_ref per token: the reference model, or the LoRA policy's base."""
+        def token_logps(model):
+            return completion_logps(model, rows, temperature=self.rollout_cfg.temperature,
+                                    impl=self.logprob_impl, token_level=True).token_logps
+
+        with torch.no_grad():
+            if self.reference_is_base:
+                with self.policy.disable_adapter():
+                    return token_logps(self.policy)
+            return token_logps(self.reference)
+
+    def _minibatches(self, n_rows: int) -> list[list[torch.Tensor]]:
+        """Per epoch, the rows of each minibatch: a fresh permutation per epoch, seeded by
+        (seed, step, epoch); minibatches as equal as the rows allow."""
+        epochs, n_minibatches = self.objective.schedule()
+        if n_minibatches > n_rows:
+            raise ValueError(f"objective '{self.objective.config.name}': {n_minibatches} "
+                             f"minibatches of a rollout of {n_rows} completions")
+        out = []
+        for epoch in range(epochs):
+            generator = torch.Generator().manual_seed(
+                (self.seed * 1_000_003 + self.global_step) * 101 + epoch)
+            order = torch.randperm(n_rows, generator=generator).to(self.device)
+            out.append(list(order.tensor_split(n_minibatches)))
+        return out
+
+    def experience(self, rollout: Rollout, scores: torch.Tensor, first_epoch: list[torch.Tensor]
+                   ) -> tuple[Experience, torch.Tensor]:
+        """The Experience of a rollout and the policy's per-row entropy (Σ over tokens),
+        computed minibatch by minibatch as the first epoch will feed them."""
+        batch = rollout.batch
+        mask = batch["completion_mask"][:, 1:]
+        logps = torch.zeros(mask.shape, device=self.device)
+        ref = torch.zeros_like(logps) if self.needs.reference else None
+        values = torch.zeros_like(logps) if self.value_model is not None else None
+        entropy = torch.zeros(mask.shape[0], device=self.device)
+        for rows in first_epoch:
+            sub = {k: batch[k][rows] for k in _ROW_KEYS}
+            out, v = self._forward(sub, grad=False)
+            logps[rows], entropy[rows] = out.token_logps, out.entropy
+            if ref is not None:
+                ref[rows] = self._reference_token_logps(sub)
+            if values is not None:
+                values[rows] = v
+        experience = Experience(mask=mask, logps=logps, scores=scores, group=batch["group"],
+                                ref_logps=ref, values=values)
+        return experience, entropy
+
+    def loss_inputs_online(self, rollout: Rollout, rows: torch.Tensor, experience: Experience,
+                           advantages: Advantages) -> OnlineLogps:
+        """The loss input of one minibatch: the current policy's log-probs, with gradient."""
+        sub = {k: rollout.batch[k][rows] for k in _ROW_KEYS}
+        out, values = self._forward(sub, grad=True)
+        pick = (lambda t: None if t is None else t[rows])
+        return OnlineLogps(logps=out.token_logps, entropy=out.entropy,
+                           mask=experience.mask[rows], old_logps=experience.logps[rows],
+                           advantages=advantages.advantages[rows],
+                           ref_logps=pick(experience.ref_logps), values=values,
+                           old_values=pick(experience.values),
+                           returns=pick(advantages.returns))
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        rollout = self._sample(batch, greedy=False)
+        raw = self._score(rollout)
+        scores = apply_missing_eos_penalty(raw, rollout.ended, self.missing_eos_penalty)
+        minibatches = self._minibatches(len(rollout.completions))
+        experience, entropy = self.experience(rollout, scores, minibatches[0])
+        advantages = self.objective.advantages(experience)
+
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        step_metrics: list[dict[str, torch.Tensor]] = []
+        for epoch_rows in minibatches:
+            for rows in epoch_rows:
+                if 0 <= max_steps <= self.global_step:
+                    break  # the schedule ends at max_steps, mid-rollout if need be
+                out = self.objective.loss(self.loss_inputs_online(rollout, rows, experience,
+                                                                  advantages))
+                optimizer.zero_grad()
+                self.manual_backward(out.loss)
+                if self.gradient_clip_val:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                        gradient_clip_algorithm=self.gradient_clip_algorithm)
+                optimizer.step()
+                scheduler.step()
+                step_metrics.append({"loss": out.loss.detach(), **out.metrics})
+
+        metrics = self._rollout_metrics(rollout, raw, experience, entropy)
+        metrics.update(advantages.metrics)
+        for name in dict.fromkeys(k for m in step_metrics for k in m):
+            # Means over the rollout's optimizer steps (each a minibatch mean).
+            metrics[name] = torch.stack([m[name].detach().float().mean()
+                                         for m in step_metrics if name in m]).mean()
+        metrics.update(self.objective.after_rollout(experience))
+        n_tokens = max(int(experience.mask.sum()), 1)
+        loss = metrics.pop("loss", None)
+        metrics = {"loss": loss, **metrics} if loss is not None else metrics
+        self._log(metrics, "train", {"entropy": n_tokens}, len(batch["prompts"]), loss)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False,
+                 batch_size=1)
+
+    def _rollout_metrics(self, rollout: Rollout, raw: torch.Tensor, experience: Experience,
+                         entropy: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = experience.mask
+        metrics = {"reward/mean": raw, "reward/std": raw.std() if raw.numel() > 1
+                   else raw.new_zeros(()),
+                   "response/length": rollout.lengths.float(),
+                   "response/ended": rollout.ended.float(),
+                   # Token-weighted (the module weighs it by the rollout's tokens).
+                   "entropy": entropy.sum() / mask.sum().clamp(min=1)}
+        if experience.ref_logps is not None:
+            # Σ_t log π/π_ref over each sampled completion: the k1 estimate of the sequence
+            # KL(π ‖ π_ref), unbiased here because the completions are samples of π.
+            metrics["kl"] = (kl_estimate(experience.logps, experience.ref_logps,
+                                         KLEstimator.k1) * mask).sum(1)
+        return metrics
+
+    def validation_step(self, batch, batch_idx):
+        rollout = self._sample(batch, greedy=True)
+        raw = self._score(rollout)
+        self._log({"reward/mean": raw, "response/length": rollout.lengths.float(),
+                   "response/ended": rollout.ended.float()}, "val", {},
+                  len(batch["prompts"]), None)
+
+    # -- state -------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self._reward_to_device()
+
+    def on_validation_start(self) -> None:
+        self._reward_to_device()
+
+    def _reward_to_device(self) -> None:
+        # A reward model is not a submodule (it is not trained or checkpointed): move it
+        # to the policy's device by hand.
+        if hasattr(self.reward, "to"):
+            self.reward.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[_STATE_KEY] = self.objective.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.objective.load_state_dict(checkpoint.get(_STATE_KEY, {}))

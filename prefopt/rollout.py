@@ -1,0 +1,127 @@
+"""Sampling completions from the policy for online objectives.
+
+Prompts (token ids rendered as in training: chat template and generation prompt) are
+left-padded so that generation starts at the same column for all, and transformers'
+`generate` samples `num_samples` completions of each (temperature, top-p, no top-k
+truncation, no other logits processor: samples come from the policy's own distribution at
+that temperature, the one whose log-probs the objectives compute; tested). A
+completion ends at its first EOS, which it keeps (its log-prob is part of the sample,
+and it is what the missing-EOS penalty looks for), or after `max_new_tokens`.
+
+The rollout is then laid out as training batches are (`prefopt.data.collate`): each row
+the prompt then the completion, right-padded, with `completion_mask` on the completion.
+With right padding and a causal mask, padding after a sequence cannot change any of its
+log-probs, so log-probs of a sample do not depend on the rest of its batch (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from prefopt.data.records import Text
+
+
+@dataclass
+class RolloutConfig:
+    num_samples: int = 4
+    """Completions sampled per prompt (k); leave-one-out and group baselines need k >= 2."""
+    max_new_tokens: int = 16
+    """Longest completion, in tokens; one that has not ended by then is cut (no EOS)."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs are taken at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling: 1 samples from the whole distribution."""
+
+
+@dataclass
+class Rollout:
+    """R = prompts x k completions, rows prompt-major (prompt 0's k samples first)."""
+
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, completion_mask [R, T]; group [R]
+    prompts: list[Text]  # [R] the record's prompt of each row
+    completions: list[str]  # [R] decoded, special tokens removed
+    ended: torch.Tensor  # [R] bool: the completion ended with EOS
+    lengths: torch.Tensor  # [R] completion tokens (EOS included)
+
+
+def check_config(cfg: RolloutConfig) -> None:
+    for name in ("num_samples", "max_new_tokens", "temperature"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"rollout.{name} must be > 0, got {getattr(cfg, name)}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
+
+
+def _left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def _cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:
+    """The completion up to and including its first EOS, and whether there was one."""
+    if eos_id in tokens:
+        return tokens[:tokens.index(eos_id) + 1], True
+    return tokens, False
+
+
+def layout(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int,
+           group: list[int]) -> dict[str, torch.Tensor]:
+    """Rows of prompt + completion, right-padded, as prefopt.data.collate lays them out."""
+    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completions))
+    n = len(completions)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, width), dtype=torch.bool)
+    for row, (prompt, completion) in enumerate(zip(prompt_ids, completions)):
+        end = len(prompt) + len(completion)
+        input_ids[row, :end] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[row, :end] = 1
+        completion_mask[row, len(prompt):end] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "completion_mask": completion_mask, "group": torch.tensor(group)}
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[Text], prompt_ids: list[list[int]],
+           cfg: RolloutConfig, greedy: bool = False) -> Rollout:
+    """`cfg.num_samples` completions of each prompt (one, greedy, with `greedy`)."""
+    k = 1 if greedy else cfg.num_samples
+    device = next(model.parameters()).device
+    input_ids, attention_mask = _left_padded(prompt_ids, tokenizer.pad_token_id)
+    # A fresh GenerationConfig, not the model's: a checkpoint's own (repetition penalty,
+    # top-k, min_new_tokens, ...) would make the samples come from another distribution
+    # than the log-probs the objective computes. No minimum length either: a policy kept
+    # from ending at once would drift its mass onto an EOS it is never shown to pay for.
+    sampling = {} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p}
+    generation = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens, do_sample=not greedy, top_k=0 if not greedy else None,
+        num_return_sequences=k, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, **sampling)
+    was_training = model.training
+    model.eval()
+    try:
+        generated = model.generate(input_ids=input_ids.to(device),
+                                   attention_mask=attention_mask.to(device),
+                                   generation_config=generation)
+    finally:
+        model.train(was_training)
+    new = generated[:, input_ids.shape[1]:].cpu().tolist()
+    cut = [_cut_at_eos(tokens, tokenizer.eos_token_id) for tokens in new]
+    completions = [tokens for tokens, _ in cut]
+    group = [row // k for row in range(len(new))]
+    rows_prompt_ids = [prompt_ids[g] for g in group]
+    batch = layout(rows_prompt_ids, completions, tokenizer.pad_token_id, group)
+    return Rollout(
+        batch={key: value.to(device) for key, value in batch.items()},
+        prompts=[prompts[g] for g in group],
+        completions=tokenizer.batch_decode(completions, skip_special_tokens=True),
+        ended=torch.tensor([ended for _, ended in cut], device=device),
+        lengths=torch.tensor([len(c) for c in completions], device=device))

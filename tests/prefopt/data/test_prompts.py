@@ -1,0 +1,49 @@
+"""Prompt-only records for online objectives: read, encoded, and a bad one named."""
+
+import json
+
+import pytest
+
+from prefopt.data.records import RecordError
+from prefopt.train import build
+
+ONLINE = ["data.batch_size=4", "rollout.num_samples=2", "rollout.max_new_tokens=6"]
+
+
+
+def test_prompt_records_from_a_file_and_a_bad_one_named(compose, tmp_path):
+    good = tmp_path / "prompts.jsonl"
+    good.write_text("".join(json.dumps({"prompt": f"sort {n}"}) + "\n" for n in (321, 54, 987)))
+    cfg = compose("objective=reinforce", "data=files", f"data.path={good}",
+                  f"data.val_path={good}", *ONLINE)
+    _, datamodule, _ = build(cfg)
+    datamodule.setup("fit")
+    assert [p.text for p in datamodule.groups["train"]] == ["sort 321", "sort 54", "sort 987"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "sort 1"}\n{"prompt": "sort 2"}\n{"question": "sort 3"}\n')
+    _, datamodule, _ = build(compose("objective=reinforce", "data=files", f"data.path={bad}",
+                                     *ONLINE))
+    with pytest.raises(RecordError, match=r"bad.jsonl:3: field 'prompt': missing"):
+        datamodule.setup("fit")
+
+
+
+def test_a_prompt_that_leaves_no_room_follows_the_declared_rule(compose, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "sort " + "1" * 40}) + "\n"
+                    + json.dumps({"prompt": "sort 12"}) + "\n")
+    overrides = ["objective=reinforce", "data=files", f"data.path={path}",
+                 f"data.val_path={path}", "data.max_length=48",
+                 "data.max_prompt_length=null", *ONLINE]
+    _, datamodule, _ = build(compose(*overrides))
+    datamodule.setup("fit")  # skip (the default): counted in the report
+    assert [p.text for p in datamodule.groups["train"]] == ["sort 12"]
+    assert datamodule.reports["train"].skipped == {"prompt leaves no room for the completion": 1}
+    _, datamodule, _ = build(compose(*overrides, "data.on_overlong_prompt=error"))
+    with pytest.raises(ValueError, match=r"prompts.jsonl:1: field 'prompt': \d+ tokens leave "
+                                         r"no room for rollout.max_new_tokens=6"):
+        datamodule.setup("fit")
+    _, datamodule, _ = build(compose(*overrides, "data.on_overlong_prompt=truncate"))
+    datamodule.setup("fit")
+    assert all(len(p.ids) + 6 <= 48 for p in datamodule.groups["train"])
+    assert datamodule.reports["train"].truncated == {"prompt": 1}

@@ -1,0 +1,178 @@
+"""OnlineModule end to end on the tiny model: rollouts, the PPO ratio, rewards that fail."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from prefopt.plugins.ppo import PPO
+from prefopt.rewards import RewardError
+from prefopt.train import build, train
+
+BIN = os.path.dirname(sys.executable)
+ONLINE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+          "trainer.enable_progress_bar=false", "data.synthetic.n_train=32",
+          "data.synthetic.n_val=8", "data.batch_size=4", "rollout.num_samples=2",
+          "rollout.max_new_tokens=6", "export_policy=false"]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def digits_reward(monkeypatch, tmp_path):
+    """A reward that varies on a random policy's samples (the task's is 0 almost always,
+    which would leave nothing to learn): the share of digits in the completion."""
+    monkeypatch.syspath_prepend(str(_reward_module(tmp_path, "digit_rewards", """
+        def digits(prompt, completion):
+            return sum(c.isdigit() for c in completion) / 6
+    """)))
+    return "reward.function=digit_rewards:digits"
+
+
+def test_ppo_ratio_is_exactly_one_on_the_first_minibatch_of_each_rollout(
+        compose, monkeypatch, digits_reward):
+    calls = []
+    original = PPO.loss
+
+    def spy(self, inputs):
+        calls.append((inputs.logps.detach().clone(), inputs.old_logps.clone(), inputs.mask))
+        return original(self, inputs)
+
+    monkeypatch.setattr(PPO, "loss", spy)
+    # 2 epochs of 2 minibatches: 4 optimizer steps per rollout, 3 rollouts; no warmup,
+    # whose first step has lr 0.
+    train(compose("objective=ppo", *ONLINE, "trainer.max_steps=12", "objective.epochs=2",
+                  "objective.minibatches=2", "scheduler.warmup_ratio=0", digits_reward))
+    assert len(calls) == 12
+    for step, (logps, old, mask) in enumerate(calls):
+        ratio = torch.exp(logps - old)[mask]
+        if step % 4 == 0:  # the first minibatch of a rollout: bitwise the sampling policy
+            assert torch.equal(ratio, torch.ones_like(ratio)), step
+        else:  # after an optimizer step the policy has moved
+            assert not torch.equal(ratio, torch.ones_like(ratio)), step
+
+
+@pytest.mark.parametrize("objective", ["reinforce", "ppo"])
+def test_online_run_logs_the_metrics_and_is_reproducible(compose, objective, tmp_path):
+    first = train(compose(f"objective={objective}", *ONLINE, f"output_dir={tmp_path / 'a'}"))
+    rows = _rows(tmp_path / "a" / "metrics.csv")
+    logged = {k for r in rows for k, v in r.items() if v}
+    expected = {"train/loss", "train/reward/mean", "train/reward/std", "train/kl",
+                "train/entropy", "train/response/length", "train/response/ended",
+                "val/reward/mean", "val/response/length"}
+    if objective == "ppo":
+        expected |= {"train/ppo/clip_fraction", "train/ppo/approx_kl", "train/ppo/value_loss",
+                     "train/ppo/explained_variance", "train/ppo/kl_coef"}
+    assert expected <= logged
+    # prefopt-eval rebuilds the run and reproduces its final validation.
+    from prefopt.evaluate import evaluate
+
+    assert evaluate(tmp_path / "a")["metrics"] == pytest.approx(first["end"], rel=1e-6)
+    # Sampling depends on the seed and the step only: a second run is the same run.
+    second = train(compose(f"objective={objective}", *ONLINE, f"output_dir={tmp_path / 'b'}"))
+    assert first == second
+    assert [r["train/reward/mean"] for r in rows] == \
+        [r["train/reward/mean"] for r in _rows(tmp_path / "b" / "metrics.csv")]
+
+
+def test_separate_value_model_trains_and_the_policy_exports_without_it(compose, tmp_path,
+                                                                       digits_reward):
+    # With an entropy bonus too: the entropy then carries a gradient (Needs.entropy).
+    cfg = compose("objective=ppo", "objective.value_model=separate", *ONLINE,
+                  "objective.entropy_coef=0.01", "export_policy=true", digits_reward)
+    module, _, _ = build(cfg)
+    head = module.value_model.head.linear.weight
+    assert head.abs().sum() == 0  # zero-initialised
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False,
+                       map_location="cpu")["state_dict"]
+    assert state["value_model.head.linear.weight"].abs().sum() > 0  # it has learnt
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "policy")  # a plain causal LM
+
+
+def _reward_module(tmp_path, name, body):
+    """A module `name` in tmp_path (a name per test: imports are cached per process)."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    return tmp_path
+
+
+def test_a_raising_reward_function_stops_prefopt_train_naming_it_and_the_sample(tmp_path):
+    site = _reward_module(tmp_path, "my_rewards", """
+        def flaky(prompt, completion):
+            if prompt.startswith("reverse"):
+                raise ZeroDivisionError("cannot score this")
+            return 1.0
+    """)
+    result = subprocess.run(
+        [os.path.join(BIN, "prefopt-train"), "objective=reinforce",
+         "reward.function=my_rewards:flaky", *ONLINE, f"output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    message = result.stderr
+    assert "reward function my_rewards:flaky raised ZeroDivisionError: cannot score this" \
+        in message
+    assert "on sample" in message and "(prompt 'reverse" in message
+
+
+def test_a_non_finite_reward_stops_the_run(compose, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(_reward_module(tmp_path, "nan_rewards", """
+        def nan_for_sort(prompt, completion):
+            return float("nan") if prompt.startswith("sort") else 0.5
+    """)))
+    with pytest.raises(RewardError, match=r"nan_rewards:nan_for_sort returned nan on sample \d+ "
+                                          r"\(prompt 'sort"):
+        train(compose("objective=reinforce", "reward.function=nan_rewards:nan_for_sort", *ONLINE))
+
+
+def test_reward_model_as_the_reward_source(compose, fast_overrides, tmp_path):
+    train(compose("objective=reward_bt", *fast_overrides, f"output_dir={tmp_path / 'rm'}"))
+    result = train(compose("objective=reinforce", "reward=model",
+                           f"reward.model={tmp_path / 'rm' / 'policy'}", *ONLINE))
+    assert torch.isfinite(torch.tensor(result["end"]["val/reward/mean"]))
+
+
+def test_online_objectives_refuse_a_cached_reference(compose):
+    from prefopt.registry import PluginError
+
+    with pytest.raises(PluginError, match="reference=cached cannot serve objective 'ppo'"):
+        build(compose("objective=ppo", "reference=cached"))
+
+
+def test_gradient_clipping_moves_from_the_trainer_to_the_module(compose, monkeypatch):
+    seen = {}
+    import pytorch_lightning as pl
+
+    class Trainer(pl.Trainer):
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            super().__init__(**kwargs)
+
+    from prefopt import train as train_module
+
+    monkeypatch.setattr(train_module.pl, "Trainer", Trainer)
+    cfg = compose("objective=reinforce", *ONLINE, "trainer.gradient_clip_val=0.5")
+    module, datamodule, tokenizer = build(cfg)
+    datamodule.setup("fit")
+    from pathlib import Path
+
+    train_module._fit(cfg, Path(cfg.output_dir), module, datamodule, tokenizer)
+    assert "gradient_clip_val" not in seen and module.gradient_clip_val == 0.5
+
+
+def test_lora_policy_with_the_base_as_reference(compose, digits_reward):
+    cfg = compose("objective=reinforce", "model.lora.r=4", *ONLINE, digits_reward)
+    module, _, _ = build(cfg)
+    assert module.reference is None and module.reference_is_base
+    result = train(cfg)
+    assert result["end"]["val/reward/mean"] == result["end"]["val/reward/mean"]

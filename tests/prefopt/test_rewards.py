@@ -1,0 +1,98 @@
+"""Reward sources: functions by entry point or dotted path, reward models, and bad values."""
+
+import math
+
+import pytest
+import torch
+
+from prefopt.data import synthetic
+from prefopt.rewards import (FunctionReward, ModelReward, RewardConfig, RewardError,
+                             apply_missing_eos_penalty, available, build_reward,
+                             resolve_function)
+
+
+def _raises_on_the_second(prompt, completion):
+    if completion == "boom":
+        raise KeyError("no such digit")
+    return 1.0
+
+
+def test_the_synthetic_reward_is_an_installed_entry_point():
+    assert "synthetic" in available()
+    assert resolve_function("synthetic") is synthetic.score
+    reward = build_reward(RewardConfig())
+    # score: the share of positions right, over the longer string.
+    torch.testing.assert_close(reward(["sort 321", "sort 321", "reverse 12"],
+                                      ["123", "132", "2"]),
+                               torch.tensor([1.0, 1 / 3, 0.5]))
+
+
+@pytest.mark.parametrize("spec", ["prefopt.data.synthetic:score", "prefopt.data.synthetic.score"])
+def test_dotted_paths(spec):
+    assert resolve_function(spec) is synthetic.score
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nosuch", "neither an installed reward"),
+    ("nosuch_module_xyz:fn", "cannot import it"),
+    ("prefopt.data.synthetic:nosuch", "cannot import it"),
+    ("prefopt.data.synthetic:OPERATIONS", "not a function"),
+])
+def test_unresolvable_functions_are_named(spec, message):
+    with pytest.raises(RewardError, match=message) as err:
+        resolve_function(spec)
+    assert spec in str(err.value)
+
+
+def test_exactly_one_source():
+    with pytest.raises(RewardError, match="exactly one source"):
+        build_reward(RewardConfig(function="synthetic", model="/some/dir"))
+    with pytest.raises(RewardError, match="exactly one source"):
+        build_reward(RewardConfig(function=None))
+
+
+def test_a_raising_function_names_itself_and_the_sample():
+    reward = FunctionReward(_raises_on_the_second, "tests:_raises_on_the_second")
+    with pytest.raises(RewardError) as err:
+        reward(["sort 12", "sort 34"], ["12", "boom"])
+    message = str(err.value)
+    assert "tests:_raises_on_the_second" in message and "KeyError" in message
+    assert "sample 1" in message and "'sort 34'" in message and "'boom'" in message
+
+
+@pytest.mark.parametrize("value,message", [
+    (math.nan, "returned nan"), (math.inf, "returned inf"),
+    ("0.5", "not a number"), (None, "not a number"), (True, "not a number"),
+])
+def test_values_that_cannot_be_trained_on_are_refused(value, message):
+    reward = FunctionReward(lambda p, c: value if c == "b" else 0.0, "bad")
+    with pytest.raises(RewardError, match=message) as err:
+        reward(["x", "y"], ["a", "b"])
+    assert "sample 1" in str(err.value)
+
+
+def test_tensor_scalars_and_ints_are_numbers():
+    reward = FunctionReward(lambda p, c: torch.tensor(0.25) if c == "a" else 2, "ok")
+    torch.testing.assert_close(reward(["x", "y"], ["a", "b"]), torch.tensor([0.25, 2.0]))
+
+
+def test_missing_eos_penalty():
+    scores = torch.tensor([1.0, 0.5, 0.0])
+    ended = torch.tensor([True, False, False])
+    torch.testing.assert_close(apply_missing_eos_penalty(scores, ended, 0.25),
+                               torch.tensor([1.0, 0.25, -0.25]))
+    assert apply_missing_eos_penalty(scores, ended, None) is scores
+
+
+def test_reward_model_source_scores_as_its_scorer(tokenizer, tmp_path):
+    from prefopt.models import ModelConfig, build_policy
+    from prefopt.reward import RewardScorer
+
+    torch.manual_seed(0)
+    build_policy(ModelConfig(), tokenizer, reward_head=True).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    source = build_reward(RewardConfig(function=None, model=str(tmp_path), batch_size=2))
+    assert isinstance(source, ModelReward)
+    prompts, completions = ["sort 321", "reverse 12", "sort 9"], ["123", "21", "9"]
+    torch.testing.assert_close(source(prompts, completions),
+                               RewardScorer.load(str(tmp_path)).score(prompts, completions))
