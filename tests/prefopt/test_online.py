@@ -176,3 +176,43 @@ def test_lora_policy_with_the_base_as_reference(compose, digits_reward):
     assert module.reference is None and module.reference_is_base
     result = train(cfg)
     assert result["end"]["val/reward/mean"] == result["end"]["val/reward/mean"]
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_a_crashed_online_run_resumes_exactly(compose, monkeypatch, tmp_path, digits_reward):
+    """PPO with adaptive KL (state in the objective): a run that dies after the checkpoint
+    at rollout 4 and is resumed with ckpt_path=last ends exactly as an uninterrupted one."""
+    from prefopt.online import OnlineModule
+
+    run = ["objective=ppo", *ONLINE, "objective.epochs=2", "objective.target_kl=0.5",
+           "trainer.max_steps=16", "trainer.val_check_interval=4", digits_reward]
+    whole = train(compose(*run, f"output_dir={tmp_path / 'whole'}"))
+
+    step = OnlineModule.training_step
+
+    def crash_after_six_rollouts(self, batch, batch_idx):
+        if self.global_step >= 12:
+            raise _Crash("killed")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(OnlineModule, "training_step", crash_after_six_rollouts)
+    with pytest.raises(_Crash):
+        train(compose(*run, f"output_dir={tmp_path / 'crashed'}"))
+    rollouts = []
+
+    def counted(self, batch, batch_idx):
+        rollouts.append(self.global_step)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(OnlineModule, "training_step", counted)
+    resumed = train(compose(*run, f"output_dir={tmp_path / 'crashed'}", "ckpt_path=last"))
+    assert rollouts == [8, 10, 12, 14]  # from the checkpoint at rollout 4, not from the start
+    assert resumed["end"] == pytest.approx(whole["end"], rel=1e-6)
+    last = [r for r in _rows(tmp_path / "whole" / "metrics.csv") if r["train/ppo/kl_coef"]][-1]
+    again = [r for r in _rows(tmp_path / "crashed" / "metrics.csv")
+             if r["train/ppo/kl_coef"]][-1]
+    assert again["train/ppo/kl_coef"] == last["train/ppo/kl_coef"] != "0.05"
+    assert again["train/reward/mean"] == last["train/reward/mean"]
