@@ -22,7 +22,9 @@ def test_description_with_bounded_epochs_and_no_step_limit():
 
 
 def test_rich_is_the_default_tqdm_or_disabled_leave_lightnings(compose):
-    assert [type(c) for c in _progress_bar(compose())] == [StepProgressBar]
+    bars = _progress_bar(compose())
+    assert [type(c) for c in bars] == [StepProgressBar]
+    assert bars[0].refresh_rate == 4  # redraws a second: Lightning's 100 cost a core
     assert _progress_bar(compose("progress_bar=tqdm")) == []
     assert _progress_bar(compose("trainer.enable_progress_bar=false")) == []
 
