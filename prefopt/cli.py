@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from prefopt import registry
+from prefopt import registry, rewards
 from prefopt.config import register_schema
 from prefopt.data.records import RecordError
 from prefopt.module import NonFiniteError
@@ -64,8 +64,9 @@ def plugins_entry(argv: list[str] | None = None) -> None:
     """`prefopt-plugins`: the objectives (and presets) this installation can train with."""
     parser = argparse.ArgumentParser(
         prog="prefopt-plugins",
-        description="List the objectives found through the 'prefopt.objectives' entry points "
-                    "and the presets of the 'prefopt.config_paths' ones, with the "
+        description="List the objectives found through the 'prefopt.objectives' entry points, "
+                    "the presets of the 'prefopt.config_paths' ones and the reward "
+                    "functions of 'prefopt.rewards' (reward.function=<name>), with the "
                     "distribution that provides each.")
     parser.parse_args(argv)
     try:
@@ -84,6 +85,10 @@ def plugins_entry(argv: list[str] | None = None) -> None:
         source = preset.source
         rows.append((name, f"{source.distribution} {source.version}", "preset",
                      f"values in {preset.file}"))
+    for name, entry in sorted(rewards.entry_points().items()):  # reward.function=<name>
+        dist = entry.dist
+        rows.append((name, f"{dist.name} {dist.version}" if dist else "?", "reward",
+                     f"reward function {entry.value}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])

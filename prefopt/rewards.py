@@ -107,18 +107,18 @@ class ModelReward:
         return self
 
 
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=REWARD_GROUP)}
 
 
 def available() -> list[str]:
     """The reward functions installed here, by entry-point name."""
-    return sorted(_entry_points())
+    return sorted(entry_points())
 
 
 def resolve_function(spec: str) -> Callable:
     """The function an entry-point name or a dotted path names."""
-    entry = _entry_points().get(spec)
+    entry = entry_points().get(spec)
     if entry is not None:
         try:
             fn = entry.load()

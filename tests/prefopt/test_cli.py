@@ -49,6 +49,8 @@ def test_plugins_lists_builtins():
     assert lines[0].split() == ["name", "distribution", "batch", "format", "description"]
     dpo = next(line for line in lines if line.startswith("dpo "))
     assert "prefopt 0.1.0" in dpo and "pairwise" in dpo
+    synthetic = next(line for line in lines if line.startswith("synthetic "))
+    assert "reward" in synthetic and "prefopt.data.synthetic:score" in synthetic
 
 
 def test_bad_data_file_fails_naming_file_line_field(tmp_path):
