@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from prefopt.data.collate import left_padded
 from prefopt.data.records import Text
 from prefopt.data.tokenize import Encoder, TokenizeConfig
 
@@ -76,13 +77,8 @@ def generate(model, tokenizer, prompts: list[Text], cfg: GenerationConfig | None
     prompt_ids = encoder.prompt_ids(prompts, attributes)
     for start in range(0, len(prompt_ids), cfg.batch_size):
         chunk = prompt_ids[start:start + cfg.batch_size]
-        width = max(len(p) for p in chunk)
-        # Left padding: every prompt ends where generation starts.
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(chunk):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+        input_ids, attention_mask = left_padded(chunk, tokenizer.pad_token_id)
+        width = input_ids.shape[1]
         sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
         generated = model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),

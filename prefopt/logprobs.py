@@ -31,7 +31,6 @@ class SequenceLogps:
     tokens: torch.Tensor  # [R] number of completion tokens
     entropy: torch.Tensor  # [R] Σ_t H(π(· | x, y_<t)); detached unless asked for
     token_logps: torch.Tensor | None = None  # [R, T-1], zero off the completion
-    token_entropy: torch.Tensor | None = None  # [R, T-1], zero off the completion
     hidden: torch.Tensor | None = None  # [R, T, H] final hidden states, if kept (value heads)
 
 
@@ -85,13 +84,11 @@ def completion_logps(model, batch: dict[str, torch.Tensor], *, temperature: floa
         entropy = entropy.detach()
     n_seq = hidden.shape[0]
     zeros = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device)
-    token_logps = token_entropy = None
+    token_logps = None
     if token_level:
-        grid = torch.zeros(predicts_completion.shape, dtype=torch.float32, device=hidden.device)
-        token_logps = grid.index_put((rows, positions), logp)
-        token_entropy = grid.index_put((rows, positions), entropy)
+        token_logps = torch.zeros(predicts_completion.shape, dtype=torch.float32,
+                                  device=hidden.device).index_put((rows, positions), logp)
     return SequenceLogps(logps=zeros.index_add(0, rows, logp),
                          tokens=predicts_completion.sum(1),
                          entropy=zeros.index_add(0, rows, entropy),
-                         token_logps=token_logps, token_entropy=token_entropy,
-                         hidden=hidden if keep_hidden else None)
+                         token_logps=token_logps, hidden=hidden if keep_hidden else None)

@@ -15,14 +15,13 @@ import pytorch_lightning as pl
 import torch
 from transformers import get_scheduler
 
-from prefopt.data.collate import MISMATCHED_SLOT
+from prefopt.data.collate import MISMATCHED_SLOT, ROW_KEYS
 from prefopt.logprobs import SequenceLogps, completion_logps
 from prefopt.models import uses_lora
 from prefopt.objective import (AttributeScores, BatchFormat, Objective, PairwiseLogps,
                                PairwiseScores, RankedLogps, RankedScores, ResponseLogps,
                                UnpairedLogps)
 
-_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
 @dataclass
@@ -86,6 +85,9 @@ class PreferenceModule(pl.LightningModule):
         self.objective = objective
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.logprob_impl = logprob_impl
+        # Log-probs of softmax(W h / temperature): 1 for recorded data; an online module
+        # sets its sampling temperature, so that log-probs are those of the samples.
+        self.temperature = 1.0
         self.schema = schema
         if schema is not None:
             specs = schema.specs
@@ -94,11 +96,12 @@ class PreferenceModule(pl.LightningModule):
             self.register_buffer("_attribute_scale",
                                  torch.tensor([s.max - s.min for s in specs]), persistent=False)
 
-    def _logps(self, model, batch, grad: bool) -> SequenceLogps:
+    def _logps(self, model, batch, grad: bool, keep_hidden: bool = False) -> SequenceLogps:
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            return completion_logps(model, batch, impl=self.logprob_impl,
+            return completion_logps(model, batch, temperature=self.temperature,
+                                    impl=self.logprob_impl,
                                     entropy_grad=grad and self.needs.entropy,
-                                    token_level=self.needs.token_logps)
+                                    token_level=self.needs.token_logps, keep_hidden=keep_hidden)
 
     def _reference_logps(self, batch) -> SequenceLogps:
         if self.reference_is_base:
@@ -127,7 +130,7 @@ class PreferenceModule(pl.LightningModule):
         to check objectives on exactly what training hands them.
         """
         mismatched = batch["slot"] == MISMATCHED_SLOT
-        rows = {k: v[~mismatched] for k, v in batch.items() if k in _ROW_KEYS}
+        rows = {k: v[~mismatched] for k, v in batch.items() if k in ROW_KEYS}
         slot, group, ranks = (batch[k][~mismatched] for k in ("slot", "group", "ranks"))
         data = StepData(slot=slot, group=group, ranks=ranks, n_groups=int(group.max()) + 1)
         fmt = self.objective.batch_format
@@ -164,7 +167,7 @@ class PreferenceModule(pl.LightningModule):
             kl_ratio = None
             if self.needs.mismatched_pairs:
                 kl_ratio = self._ratio_mean_across_devices(
-                    {k: v[mismatched] for k, v in batch.items() if k in _ROW_KEYS})
+                    {k: v[mismatched] for k, v in batch.items() if k in ROW_KEYS})
             return UnpairedLogps(policy.logps, policy.tokens, batch["labels"], ref,
                                  kl_ratio), data
         if fmt == BatchFormat.RANKED:

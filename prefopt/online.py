@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from prefopt.logprobs import completion_logps
+from prefopt.data.collate import ROW_KEYS
 from prefopt.module import PreferenceModule
 from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective
 from prefopt.rewards import RewardError, apply_missing_eos_penalty
@@ -29,7 +29,6 @@ from prefopt.rl import KLEstimator, kl_estimate
 from prefopt.rollout import Rollout, RolloutConfig, check_config, sample
 from prefopt.value import build_value_model, token_values
 
-_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
 _STATE_KEY = "prefopt_objective_state"
 
 
@@ -43,6 +42,10 @@ class OnlineModule(PreferenceModule):
         super().__init__(policy, reference, objective, optimizer, scheduler,
                          logprob_impl=logprob_impl)
         check_config(rollout)
+        if not self.needs.token_logps:
+            raise ValueError(f"objective '{objective.config.name}': online objectives work "
+                             "on per-token log-probs; declare needs().token_logps")
+        self.temperature = rollout.temperature  # log-probs of what was sampled
         self.automatic_optimization = False
         self.tokenizer, self.reward, self.rollout_cfg = tokenizer, reward, rollout
         self.seed, self.missing_eos_penalty = seed, missing_eos_penalty
@@ -81,26 +84,13 @@ class OnlineModule(PreferenceModule):
     def _forward(self, rows: dict[str, torch.Tensor], grad: bool):
         """Token log-probs, entropy and values of the policy on `rows`: the one code path
         of both the Experience (no grad) and the loss (grad), so that they agree bitwise."""
-        with torch.set_grad_enabled(grad):
-            out = completion_logps(self.policy, rows, temperature=self.rollout_cfg.temperature,
-                                   impl=self.logprob_impl,
-                                   entropy_grad=grad and self.needs.entropy, token_level=True,
-                                   keep_hidden=self.needs.value_model == "shared")
-            values = token_values(self.value_model, rows, out.hidden) \
-                if self.value_model is not None else None
+        out = self._logps(self.policy, rows, grad=grad,
+                          keep_hidden=self.needs.value_model == "shared")
+        values = None
+        if self.value_model is not None:
+            with torch.set_grad_enabled(grad):
+                values = token_values(self.value_model, rows, out.hidden)
         return out, values
-
-    def _reference_token_logps(self, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log π_ref per token: the reference model, or the LoRA policy's base."""
-        def token_logps(model):
-            return completion_logps(model, rows, temperature=self.rollout_cfg.temperature,
-                                    impl=self.logprob_impl, token_level=True).token_logps
-
-        with torch.no_grad():
-            if self.reference_is_base:
-                with self.policy.disable_adapter():
-                    return token_logps(self.policy)
-            return token_logps(self.reference)
 
     def _minibatches(self, n_rows: int) -> list[list[torch.Tensor]]:
         """Per epoch, the rows of each minibatch: a fresh permutation per epoch, seeded by
@@ -128,11 +118,11 @@ class OnlineModule(PreferenceModule):
         values = torch.zeros_like(logps) if self.value_model is not None else None
         entropy = torch.zeros(mask.shape[0], device=self.device)
         for rows in first_epoch:
-            sub = {k: batch[k][rows] for k in _ROW_KEYS}
+            sub = {k: batch[k][rows] for k in ROW_KEYS}
             out, v = self._forward(sub, grad=False)
             logps[rows], entropy[rows] = out.token_logps, out.entropy
             if ref is not None:
-                ref[rows] = self._reference_token_logps(sub)
+                ref[rows] = self._reference_logps(sub).token_logps
             if values is not None:
                 values[rows] = v
         experience = Experience(mask=mask, logps=logps, scores=scores, group=batch["group"],
@@ -142,7 +132,7 @@ class OnlineModule(PreferenceModule):
     def loss_inputs_online(self, rollout: Rollout, rows: torch.Tensor, experience: Experience,
                            advantages: Advantages) -> OnlineLogps:
         """The loss input of one minibatch: the current policy's log-probs, with gradient."""
-        sub = {k: rollout.batch[k][rows] for k in _ROW_KEYS}
+        sub = {k: rollout.batch[k][rows] for k in ROW_KEYS}
         out, values = self._forward(sub, grad=True)
         pick = (lambda t: None if t is None else t[rows])
         return OnlineLogps(logps=out.token_logps, entropy=out.entropy,

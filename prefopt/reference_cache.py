@@ -24,14 +24,13 @@ import numpy as np
 import torch
 import transformers
 
-from prefopt.data.collate import collate_groups
+from prefopt.data.collate import ROW_KEYS, collate_groups
 from prefopt.data.tokenize import EncodedGroup
 from prefopt.logprobs import completion_logps
 from prefopt.models import ModelConfig, uses_lora
 
 log = logging.getLogger(__name__)
 
-_ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
 
 
 def default_cache_dir() -> Path:
@@ -85,7 +84,7 @@ def compute(reference, groups: list[EncodedGroup], pad_id: int, batch_size: int 
     for start in range(0, len(groups), batch_size):
         chunk = groups[start:start + batch_size]
         batch = collate_groups(chunk, pad_id)
-        rows = {k: batch[k].to(device) for k in _ROW_KEYS}
+        rows = {k: batch[k].to(device) for k in ROW_KEYS}
         if uses_lora(reference):  # the reference is the base: adapters off
             with reference.disable_adapter():
                 logps = completion_logps(reference, rows, impl=impl).logps.cpu()

@@ -8,8 +8,8 @@ that temperature, the one whose log-probs the objectives compute; tested). A
 completion ends at its first EOS, which it keeps (its log-prob is part of the sample,
 and it is what the missing-EOS penalty looks for), or after `max_new_tokens`.
 
-The rollout is then laid out as training batches are (`prefopt.data.collate`): each row
-the prompt then the completion, right-padded, with `completion_mask` on the completion.
+The rollout is then laid out as training batches are (`prefopt.data.collate.right_padded`):
+each row the prompt then the completion, right-padded, with `completion_mask` on the completion.
 With right padding and a causal mask, padding after a sequence cannot change any of its
 log-probs, so log-probs of a sample do not depend on the rest of its batch (tested).
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from prefopt.data.collate import left_padded, right_padded
 from prefopt.data.records import Text
 
 
@@ -55,38 +56,11 @@ def check_config(cfg: RolloutConfig) -> None:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
 
 
-def _left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
-    return input_ids, attention_mask
-
-
 def _cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:
     """The completion up to and including its first EOS, and whether there was one."""
     if eos_id in tokens:
         return tokens[:tokens.index(eos_id) + 1], True
     return tokens, False
-
-
-def layout(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int,
-           group: list[int]) -> dict[str, torch.Tensor]:
-    """Rows of prompt + completion, right-padded, as prefopt.data.collate lays them out."""
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completions))
-    n = len(completions)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    completion_mask = torch.zeros((n, width), dtype=torch.bool)
-    for row, (prompt, completion) in enumerate(zip(prompt_ids, completions)):
-        end = len(prompt) + len(completion)
-        input_ids[row, :end] = torch.tensor(prompt + completion, dtype=torch.long)
-        attention_mask[row, :end] = 1
-        completion_mask[row, len(prompt):end] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "completion_mask": completion_mask, "group": torch.tensor(group)}
 
 
 @torch.no_grad()
@@ -95,7 +69,7 @@ def sample(model, tokenizer, prompts: list[Text], prompt_ids: list[list[int]],
     """`cfg.num_samples` completions of each prompt (one, greedy, with `greedy`)."""
     k = 1 if greedy else cfg.num_samples
     device = next(model.parameters()).device
-    input_ids, attention_mask = _left_padded(prompt_ids, tokenizer.pad_token_id)
+    input_ids, attention_mask = left_padded(prompt_ids, tokenizer.pad_token_id)
     # A fresh GenerationConfig, not the model's: a checkpoint's own (repetition penalty,
     # top-k, min_new_tokens, ...) would make the samples come from another distribution
     # than the log-probs the objective computes. No minimum length either: a policy kept
@@ -117,8 +91,8 @@ def sample(model, tokenizer, prompts: list[Text], prompt_ids: list[list[int]],
     cut = [_cut_at_eos(tokens, tokenizer.eos_token_id) for tokens in new]
     completions = [tokens for tokens, _ in cut]
     group = [row // k for row in range(len(new))]
-    rows_prompt_ids = [prompt_ids[g] for g in group]
-    batch = layout(rows_prompt_ids, completions, tokenizer.pad_token_id, group)
+    batch = {**right_padded([(prompt_ids[g], c) for g, c in zip(group, completions)],
+                            tokenizer.pad_token_id), "group": torch.tensor(group)}
     return Rollout(
         batch={key: value.to(device) for key, value in batch.items()},
         prompts=[prompts[g] for g in group],

@@ -13,6 +13,36 @@ import torch
 from prefopt.data.tokenize import EncodedGroup
 
 MISMATCHED_SLOT = -1
+# The per-row tensors of a batch, what a forward pass and the log-probs read.
+ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
+
+
+def right_padded(rows: list[tuple[list[int], list[int]]], pad_id: int
+                 ) -> dict[str, torch.Tensor]:
+    """(prompt, completion) token lists as rows prompt + completion, right-padded, with
+    `completion_mask` on the completion's tokens."""
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, (prompt, completion) in enumerate(rows):
+        length = len(prompt) + len(completion)
+        input_ids[row, :length] = torch.tensor(prompt + completion, dtype=torch.long)
+        attention_mask[row, :length] = 1
+        completion_mask[row, len(prompt):length] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "completion_mask": completion_mask}
+
+
+def left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of prompts left-padded: all end where generation starts."""
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
 
 
 def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = False
@@ -34,17 +64,7 @@ def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = F
             group_index.append(g)
             slot_index.append(MISMATCHED_SLOT)
             ranks.append(0)
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, (prompt, completion) in enumerate(rows):
-        length = len(prompt) + len(completion)
-        input_ids[row, :length] = torch.tensor(prompt + completion, dtype=torch.long)
-        attention_mask[row, :length] = 1
-        completion_mask[row, len(prompt):length] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "completion_mask": completion_mask, "group": torch.tensor(group_index),
+    batch = {**right_padded(rows, pad_id), "group": torch.tensor(group_index),
              "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks)}
     if groups and groups[0].label is not None:
         batch["labels"] = torch.tensor([bool(g.label) for g in groups])

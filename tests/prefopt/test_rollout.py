@@ -5,20 +5,12 @@ import torch
 
 from prefopt.data.tokenize import Encoder, TokenizeConfig
 from prefopt.logprobs import completion_logps
-from prefopt.rollout import RolloutConfig, _cut_at_eos, check_config, layout, sample
+from prefopt.rollout import RolloutConfig, _cut_at_eos, check_config, sample
 
 
 def test_cut_at_the_first_eos_which_stays():
     assert _cut_at_eos([5, 6, 2, 7, 2], eos_id=2) == ([5, 6, 2], True)
     assert _cut_at_eos([5, 6, 7], eos_id=2) == ([5, 6, 7], False)
-
-
-def test_layout_is_prompt_then_completion_right_padded():
-    batch = layout([[1, 2], [3]], [[7, 8, 9], [4]], pad_id=0, group=[0, 1])
-    assert batch["input_ids"].tolist() == [[1, 2, 7, 8, 9], [3, 4, 0, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert batch["completion_mask"].int().tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
-    assert batch["group"].tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("field,value", [("num_samples", 0), ("max_new_tokens", 0),
