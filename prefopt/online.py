@@ -168,6 +168,9 @@ class OnlineModule(PreferenceModule):
                                         gradient_clip_algorithm=self.gradient_clip_algorithm)
                 optimizer.step()
                 scheduler.step()
+                # Freed now, not at the next minibatch: no gradients held through the
+                # next rollout's generation.
+                optimizer.zero_grad(set_to_none=True)
                 step_metrics.append({"loss": out.loss.detach(), **out.metrics})
 
         metrics = self._rollout_metrics(rollout, raw, experience, entropy)

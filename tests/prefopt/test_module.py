@@ -59,3 +59,39 @@ def test_build_refuses_needs_the_module_cannot_serve(needs, message):
     with pytest.raises(PluginError, match=message):
         _check_feedable(objective, Needs(**needs))
     _check_feedable(objective, objective.needs())  # KTO itself is fine
+
+
+def test_gradients_are_freed_right_after_each_optimizer_step(tiny_model, tokenizer):
+    """No step's forward runs beside the previous step's gradients (Lightning alone would
+    zero them only after the next forward), and the updates still use fresh gradients."""
+    import pytorch_lightning as pl
+
+    module = module_for(tiny_model)
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(sum(p.grad is not None for p in pl_module.trainable_parameters()))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(sum(p.grad is not None for p in pl_module.trainable_parameters()))
+
+    loader = torch.utils.data.DataLoader([batch(tokenizer)] * 3, batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Probe()])
+    before = [p.detach().clone() for p in module.trainable_parameters()]
+    trainer.fit(module, train_dataloaders=loader)
+    n = len(module.trainable_parameters())
+    assert seen == [0, n] * 3  # none at each step's start, all of them at its update
+    assert all(not torch.equal(a, p) for a, p in zip(before, module.trainable_parameters()))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_adamw_is_fused_on_cuda_only(tiny_model, device):
+    module = module_for(tiny_model.to(device))
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert bool(optimizer.defaults["fused"]) is (device == "cuda")
