@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 EXTRAS ?= test,bench
 
-.PHONY: venv train test test-fast bench bench-report clean
+.PHONY: venv train test test-fast bench bench-report bench-e2e clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: $(STAMP)
 # Benchmarks, then their table in benchmarks/RESULTS.md (and a PNG chart on a GPU).
 bench-report: bench
 	$(BIN)/python benchmarks/report.py benchmarks/bench.json
+
+# One DPO step, prefopt against TRL's DPOTrainer: tokens/s, peak memory and a profile, into
+# benchmarks/RESULTS.md (+ benchmarks/e2e/e2e.png on a GPU). On a CPU machine: a smoke run.
+bench-e2e: $(STAMP)
+	$(BIN)/python benchmarks/e2e/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info outputs multirun .pytest_cache .benchmarks

@@ -60,7 +60,7 @@ def markdown(data: dict, rows: list[dict]) -> str:
     gpu = is_gpu(rows)
     title = ("GPU results" if gpu else
              "CPU smoke run: a harness check, not a performance figure")
-    lines = [f"### {title}", "",
+    lines = [f"#### {title}", "",
              f"- device: {first['device']}; date: {data.get('datetime', '?')}; "
              f"commit: {_commit(data)}",
              f"- torch {first['torch']}, triton {first['triton']} "

@@ -1,0 +1,76 @@
+"""One benchmark run of prefopt: PreferenceModule with the DPO plugin under Lightning.
+
+The module, objective, optimizer and log-prob path are the ones `prefopt-train` builds
+(`prefopt.train.build`); only the data comes ready-made (the benchmark's random pairs,
+collated by prefopt's own collate_groups) and the model has a published model's shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from clock import StepClock
+from data import random_pairs
+from prefopt import registry
+from prefopt.data.collate import collate_groups
+from prefopt.data.tokenize import EncodedGroup
+from prefopt.models import make_reference
+from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+from shapes import build_model
+
+PAD_ID = 0
+
+
+class _Callbacks(pl.Callback):
+    def __init__(self, clock: StepClock):
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.clock.step_start()
+
+    def on_before_backward(self, trainer, module, loss):
+        self.clock.profiler.mark("loss")
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.clock.profiler.mark("clip_start")  # Lightning clips right after this hook
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.clock.step_end()
+        metrics = trainer.callback_metrics
+        self.clock.record(float(metrics["train/loss"]), float(metrics["train/logps/chosen"]))
+
+
+def run(spec) -> StepClock:
+    shape = spec.shape
+    policy = build_model(shape.model, seed=spec.seed, device=spec.device,
+                         gradient_checkpointing=spec.gradient_checkpointing)
+    reference = make_reference(policy)
+    objective_cls = registry.load("dpo")
+    objective = objective_cls(objective_cls.Config(name="dpo", beta=0.1))
+    module = PreferenceModule(policy, reference, objective,
+                              OptimizerConfig(lr=spec.lr, weight_decay=0.0),
+                              SchedulerConfig(name="constant", warmup_steps=0, warmup_ratio=0.0))
+    clock = StepClock(spec.device, shape.tokens_per_step, warmup=spec.warmup,
+                      timed=spec.timed, profiled=spec.profiled)
+    clock.profiler.attach(policy, reference)
+    pairs = random_pairs(shape, policy.config.vocab_size, clock.total_steps * shape.pairs,
+                         spec.seed)
+    groups = [EncodedGroup(prompt=p, completions=(c, r)) for p, c, r in pairs]
+    # In the data's order, as TRL's sampler is given it (see run_trl.py).
+    loader = DataLoader(groups, batch_size=shape.pairs, shuffle=False,
+                        collate_fn=lambda g: collate_groups(g, PAD_ID))
+    trainer = pl.Trainer(accelerator=spec.device.type, devices=1, precision=spec.precision,
+                         max_steps=clock.total_steps, gradient_clip_val=1.0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[_Callbacks(clock)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        trainer.fit(module, train_dataloaders=loader)
+    clock.profiler.detach()
+    return clock
