@@ -29,10 +29,18 @@ def logits_path(model, batch):
     return (token * batch["completion_mask"][:, 1:]).sum(-1)
 
 
+ON_GPU = pytest.param("cuda", "triton", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device, impl", [("cpu", "torch"), ON_GPU])
 @pytest.mark.parametrize("tied", [False, True])
-def test_dpo_step_matches_logits_path(tokenizer, tied):
+def test_dpo_step_matches_logits_path(tokenizer, tied, device, impl):
+    """One DPO step's loss and gradients through the fused path (the chunked torch
+    reference on the CPU, the Triton kernels on a GPU) equal those of full logits."""
     torch.manual_seed(0)
-    policy = build_policy(ModelConfig(tiny=TinyModelConfig(tie_word_embeddings=tied)), tokenizer)
+    policy = build_policy(ModelConfig(tiny=TinyModelConfig(tie_word_embeddings=tied)),
+                          tokenizer).to(device)
     if tied:
         assert lm_head_weight(policy) is policy.get_input_embeddings().weight
     # Move the policy off its reference so that the loss is not log 2 with a trivial gradient.
@@ -40,7 +48,7 @@ def test_dpo_step_matches_logits_path(tokenizer, tied):
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    batch = batch_of(tokenizer, PAIRS)
+    batch = {k: v.to(device) for k, v in batch_of(tokenizer, PAIRS).items()}
 
     def dpo(logps_policy, logps_ref):
         # Rows are group-major: chosen_0, rejected_0, chosen_1, ...
@@ -49,10 +57,10 @@ def test_dpo_step_matches_logits_path(tokenizer, tied):
 
     with torch.no_grad():
         ref_plain = logits_path(reference, batch)
-        ref_fused = completion_logps(reference, batch, impl="torch").logps
+        ref_fused = completion_logps(reference, batch, impl=impl).logps
     torch.testing.assert_close(ref_fused.double(), ref_plain, rtol=1e-5, atol=1e-5)
 
-    fused = completion_logps(policy, batch, impl="torch")
+    fused = completion_logps(policy, batch, impl=impl)
     loss_fused = dpo(fused.logps, ref_fused)
     grads_fused = torch.autograd.grad(loss_fused, list(policy.parameters()))
     plain = logits_path(policy, batch)
