@@ -130,8 +130,9 @@ def markdown(results: dict) -> str:
         else:
             cells.append("n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"#### Profile: ms per step by phase, prefopt / TRL (median of "
-              f"{steps['profiled']} steps, device synchronised at each phase boundary)", ""]
+    n = steps["profiled"]
+    lines += ["", f"#### Profile: ms per step by phase, prefopt / TRL (median over {n} "
+              f"step{'s' * (n != 1)}, device synchronised at each phase boundary)", ""]
     pairs = [(s, m, t) for s, m, t in _pairs(results) if _ok(m) or _ok(t)]
     lines += ["| phase | " + " | ".join(_label(s) for s, _, _ in pairs) + " |",
               "|---|" + "---:|" * len(pairs)]
