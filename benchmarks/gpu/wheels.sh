@@ -17,9 +17,9 @@ done
 # the kernel benchmark (Liger, Cut Cross-Entropy).
 $pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
     "${platforms[@]}" -d "$dir" \
-    hydra-core==1.3.8 omegaconf==2.3.1 trl==1.16.0 datasets==5.2.0 dill==0.4.1 \
+    hydra-core==1.3.8 omegaconf==2.3.1 trl==1.16.0 datasets==4.8.4 dill==0.4.1 \
     multiprocess==0.70.19 liger-kernel==0.8.5 cut-cross-entropy==25.1.1 \
-    ${WITH_PYARROW:+pyarrow==26.0.1}  # datasets 5.2 needs pyarrow >= 24: WITH_PYARROW=1
+    ${WITH_PYARROW:+pyarrow==26.0.1}  # datasets 4.8 needs pyarrow >= 21: WITH_PYARROW=1
 # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 needs) is published as a source archive
 # only: build its wheel here. All of these together are about 3 MB (pyarrow: 40 MB more).
 $pip wheel -q --no-deps -w "$dir" antlr4-python3-runtime==4.9.3
