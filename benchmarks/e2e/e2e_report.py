@@ -161,7 +161,22 @@ def markdown(results: dict) -> str:
                           ("reserved_mib", "GiB peak reserved")):
             lines.append(f"| {name} | " + " | ".join(f"{gib(m, key)} / {gib(t, key)}"
                                                      for _, m, t in pairs) + " |")
+    if results.get("kernels_file"):
+        lines += ["", "The kernels that took each run's time (one more step under "
+                  f"torch.profiler): `benchmarks/e2e/{results['kernels_file']}`."]
     return "\n".join(lines) + "\n"
+
+
+def kernel_tables(results: dict) -> str:
+    """torch.profiler's table of each run's traced step, as one markdown file ('' if none)."""
+    parts = [f"# Top kernels of one traced DPO step per run ({results['date']}, commit "
+             f"{results['commit']})\n"]
+    for run in results["runs"]:
+        table = run.get("result", {}).get("kernels")
+        if table:
+            parts.append(f"## {run['provider']}, {_label(run['shape'])}\n\n```text\n"
+                         f"{table.rstrip()}\n```\n")
+    return "\n".join(parts) if len(parts) > 1 else ""
 
 
 def write(results: dict, path: Path) -> None:

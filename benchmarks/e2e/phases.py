@@ -3,9 +3,9 @@
 Hooks on objects both trainers share (the policy's and the reference's trunk modules, the
 policy's input embedding, the trunk's output tensor, the end of every optimizer step) mark
 instants of a step; the trainer's own callbacks mark the rest: step start, loss, the start
-of gradient clipping (which both run right before the optimizer's update) and step end. At each
-mark the device is synchronised, so each phase holds the GPU work issued in it. Those
-synchronisations cost time, so profiled steps are separate from the timed ones.
+of gradient clipping (which both run right before the optimizer's update) and step end.
+At each mark the device is synchronised, so each phase holds the GPU work issued in it.
+Those synchronisations cost time, so profiled steps are separate from the timed ones.
 
 A step of both trainers runs in this order (checked at every step; a trainer that ran its
 phases in another order would stop the profile rather than mislabel it):

@@ -49,6 +49,9 @@ def parse(argv=None):
     parser.add_argument("--timed", type=int, default=6 if gpu else 2)
     parser.add_argument("--profiled", type=int, default=2 if gpu else 1)
     parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--trace", action=argparse.BooleanOptionalAction, default=gpu,
+                        help="one more step per run under torch.profiler, its top kernels "
+                             "into <out>-kernels.md (default: on a GPU)")
     parser.add_argument("--timeout", type=float, default=600,
                         help="seconds one measurement may take before it is stopped")
     parser.add_argument("--out", type=Path, default=None,
@@ -76,6 +79,8 @@ def measure(shape: Shape, provider: str, args, workdir: Path) -> dict:
                "--profiled", str(args.profiled), "--lr", str(args.lr), "--out", str(out)]
     if args.gradient_checkpointing:
         command.append("--gradient-checkpointing")
+    if args.trace:
+        command.append("--trace")
     started = time.perf_counter()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
@@ -110,8 +115,12 @@ def main(argv=None) -> int:
                "commit": e2e_report.commit(), "precision": args.precision,
                "gradient_checkpointing": args.gradient_checkpointing,
                "steps": {"warmup": args.warmup, "timed": args.timed,
-                         "profiled": args.profiled},
+                         "profiled": args.profiled, "traced": int(args.trace)},
                "runs": runs}
+    kernels = e2e_report.kernel_tables(results)
+    if kernels:
+        results["kernels_file"] = args.out.stem + "-kernels.md"
+        (args.out.parent / results["kernels_file"]).write_text(kernels)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     if str(args.results) != "-":
         e2e_report.write(results, args.results)

@@ -1,8 +1,9 @@
 """One benchmark run of prefopt: PreferenceModule with the DPO plugin under Lightning.
 
-The module, objective, optimizer and log-prob path are the ones `prefopt-train` builds
-(`prefopt.train.build`); only the data comes ready-made (the benchmark's random pairs,
-collated by prefopt's own collate_groups) and the model has a published model's shape.
+The module, objective, optimizer and log-prob path are built as `prefopt.train.build`
+builds them for `prefopt-train objective=dpo`; only the data comes ready-made (the
+benchmark's random pairs, collated by prefopt's own collate_groups) and the model has a
+published model's shape.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run(spec) -> StepClock:
                               OptimizerConfig(lr=spec.lr, weight_decay=0.0),
                               SchedulerConfig(name="constant", warmup_steps=0, warmup_ratio=0.0))
     clock = StepClock(spec.device, shape.tokens_per_step, warmup=spec.warmup,
-                      timed=spec.timed, profiled=spec.profiled)
+                      timed=spec.timed, profiled=spec.profiled, traced=spec.traced)
     clock.profiler.attach(policy, reference)
     pairs = random_pairs(shape, policy.config.vocab_size, clock.total_steps * shape.pairs,
                          spec.seed)

@@ -8,7 +8,8 @@ keeps its own defaults otherwise (its fused AdamW, its chunked log-prob LM head)
 those are what its users get.
 
 The subclass changes no part of a step: it skips TRL's tokenisation of text (the pairs are
-token ids already, the same ones prefopt gets) and marks the loss and the start of gradient clipping for the phase profile.
+token ids already, the same ones prefopt gets) and marks the loss and the start of
+gradient clipping for the phase profile.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def run(spec) -> StepClock:
                          gradient_checkpointing=spec.gradient_checkpointing)
     reference = make_reference(policy)
     clock = StepClock(spec.device, shape.tokens_per_step, warmup=spec.warmup,
-                      timed=spec.timed, profiled=spec.profiled)
+                      timed=spec.timed, profiled=spec.profiled, traced=spec.traced)
     clock.profiler.attach(policy, reference)
     pairs = random_pairs(shape, policy.config.vocab_size, clock.total_steps * shape.pairs,
                          spec.seed)

@@ -37,6 +37,7 @@ class Spec:
     profiled: int
     seed: int = 0
     lr: float = 1e-6
+    traced: bool = False  # one more step under torch.profiler: the top kernels
 
     @property
     def device(self) -> torch.device:
@@ -51,15 +52,18 @@ def parse(argv=None) -> tuple[Spec, Path]:
     parser.add_argument("--pairs", type=int, required=True)
     parser.add_argument("--precision", choices=("bf16-mixed", "32-true"), default="bf16-mixed")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--timed", type=int, default=8)
-    parser.add_argument("--profiled", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timed", type=int, default=6)
+    parser.add_argument("--profiled", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--trace", action="store_true",
+                        help="one more step under torch.profiler: a table of the top kernels")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     spec = Spec(args.provider, Shape(args.model, args.seq_len, args.pairs), args.precision,
-                args.gradient_checkpointing, args.warmup, args.timed, args.profiled, args.seed, args.lr)
+                args.gradient_checkpointing, args.warmup, args.timed, args.profiled, args.seed,
+                args.lr, args.trace)
     return spec, args.out
 
 

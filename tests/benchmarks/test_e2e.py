@@ -130,7 +130,7 @@ def test_cpu_smoke_run_trains_the_same_job_in_both_trainers(tmp_path):
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\nkept\n")
     code = run.main(["--lr", "1e-3", "--warmup", "1", "--timed", "2", "--profiled", "2",
-                     "--out", str(tmp_path / "e2e.json"), "--results", str(results_md),
+                     "--trace", "--out", str(tmp_path / "e2e.json"), "--results", str(results_md),
                      "--png", str(tmp_path / "e2e.png")])
     assert code == 0
     results = json.loads((tmp_path / "e2e.json").read_text())
@@ -138,7 +138,7 @@ def test_cpu_smoke_run_trains_the_same_job_in_both_trainers(tmp_path):
                     for p in ("prefopt", "trl"))
     for run_ in (mine, theirs):
         result = run_["result"]
-        assert len(result["losses"]) == 5
+        assert len(result["losses"]) == 6  # 1 warm-up, 2 timed, 2 profiled, 1 traced
         # Policy = reference at the first step: -log σ(0) = log 2.
         assert result["losses"][0] == pytest.approx(math.log(2), abs=1e-6)
         assert set(result["phases_ms"]) == set(phases.PHASE_NAMES)
@@ -152,3 +152,8 @@ def test_cpu_smoke_run_trains_the_same_job_in_both_trainers(tmp_path):
     assert text.startswith("# Benchmark results\n\nkept\n")
     assert "<!-- report:e2e-cpu-smoke:begin -->" in text and "| tiny-llama | 48 | 2 |" in text
     assert (tmp_path / "e2e.png").stat().st_size > 0
+    kernels = (tmp_path / "e2e-kernels.md").read_text()
+    for provider in ("prefopt", "trl"):
+        section = kernels.split(f"## {provider}, tiny-llama T=48 B=2")[1].split("## ")[0]
+        assert "Self CPU" in section and "aten::" in section  # torch.profiler's table
+    assert "`benchmarks/e2e/e2e-kernels.md`" in text
