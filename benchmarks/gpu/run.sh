@@ -10,7 +10,7 @@
 #
 # The host's python3 must already have torch, triton, transformers, Lightning, peft and
 # accelerate; a folder .whl/ made by benchmarks/gpu/wheels.sh supplies the rest offline.
-# Logs, JSON and charts are copied to $OUT when it is set.
+# Logs, JSON, charts and RESULTS.md (8 files at most) are copied to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -58,7 +58,8 @@ for part in "${parts[@]}"; do
             files=(/tmp/prefopt-kernel-tests.log benchmarks/bench.json benchmarks/logprobs.png) ;;
         e2e)
             $PY benchmarks/e2e/run.py "${extra[@]}" 2>&1 | tee /tmp/prefopt-e2e.log || status=1
-            files=(/tmp/prefopt-e2e.log benchmarks/e2e/results.json benchmarks/e2e/e2e.png) ;;
+            files=(/tmp/prefopt-e2e.log benchmarks/e2e/results.json benchmarks/e2e/e2e.png
+                   benchmarks/e2e/results-kernels.md) ;;
         *) echo "unknown part '$part' (kernels, e2e)"; exit 2 ;;
     esac
     if [ -n "$out" ]; then
