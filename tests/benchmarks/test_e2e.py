@@ -25,6 +25,20 @@ def test_the_issue_shapes():
     assert Shape("qwen2-0.5b", 2048, 8).tokens_per_step == 2 * 8 * 2048
 
 
+@pytest.mark.parametrize("name, params", [("qwen2-0.5b", 494.0e6), ("llama-3.2-1b", 1235.8e6)])
+def test_models_have_the_published_sizes(name, params):
+    """Qwen2-0.5B: 494M parameters; Llama-3.2-1B: 1.24B (their model cards), both with the
+    LM head tied to the input embedding."""
+    import torch
+
+    from shapes import build_model
+
+    model = build_model(name, seed=0, gradient_checkpointing=False,
+                        device=torch.device("meta"))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=1e-3)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
 def test_pairs_fill_the_sequence_and_end_in_eos():
     shape = Shape("tiny-llama", 48, 2)
     pairs = random_pairs(shape, vocab_size=515, n_pairs=3, seed=0)
