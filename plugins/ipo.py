@@ -63,5 +63,6 @@ class IPO(Objective):
             per_token_mean(inputs.ref_rejected, inputs.rejected_tokens),
             tau=self.config.beta)
         metrics = preference_metrics(chosen_rewards, rejected_rewards)
-        metrics["ipo/target_margin"] = torch.tensor(1.0 / (2.0 * self.config.beta))
+        metrics["ipo/target_margin"] = torch.tensor(1.0 / (2.0 * self.config.beta),
+                                                      dtype=torch.float32)
         return LossOutput(losses.mean(), metrics)

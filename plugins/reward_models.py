@@ -90,9 +90,9 @@ class RewardPL(Objective):
         losses = plackett_luce_nll(inputs.scores, inputs.ranks, inputs.group)
         if self.config.center_coefficient:
             n = losses.shape[0]
-            sums = torch.zeros(n, device=losses.device).index_add(0, inputs.group, inputs.scores)
-            counts = torch.zeros(n, device=losses.device).index_add(
-                0, inputs.group, torch.ones_like(inputs.scores))
+            zeros = inputs.scores.new_zeros(n)
+            sums = zeros.index_add(0, inputs.group, inputs.scores)
+            counts = zeros.index_add(0, inputs.group, torch.ones_like(inputs.scores))
             losses = losses + self.config.center_coefficient * (sums / counts) ** 2
         metrics = ranking_metrics(inputs.scores, inputs.ranks, inputs.group)
         metrics.update(_spread(self.config.name or "reward_pl", inputs.scores))

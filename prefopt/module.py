@@ -114,8 +114,8 @@ class PreferenceModule(pl.LightningModule):
         with torch.no_grad():
             ratio = self._logps(self.policy, batch, grad=False).logps \
                 - self._reference_logps(batch).logps
-            total = torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()),
-                                                           device=ratio.device)])
+            count = torch.tensor(float(ratio.numel()), dtype=ratio.dtype, device=ratio.device)
+            total = torch.stack([ratio.sum(), count])
             trainer = self._trainer  # None outside a Trainer (unit tests, conformance kit)
             if trainer is not None and trainer.world_size > 1:
                 total = trainer.strategy.reduce(total, reduce_op="sum")

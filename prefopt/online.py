@@ -113,10 +113,12 @@ class OnlineModule(PreferenceModule):
         computed minibatch by minibatch as the first epoch will feed them."""
         batch = rollout.batch
         mask = batch["completion_mask"][:, 1:]
-        logps = torch.zeros(mask.shape, device=self.device)
+        # fp32 as the kernels return them, whatever default dtype Lightning's precision
+        # plugin sets (bf16-true makes it bfloat16).
+        logps = torch.zeros(mask.shape, dtype=torch.float32, device=self.device)
         ref = torch.zeros_like(logps) if self.needs.reference else None
         values = torch.zeros_like(logps) if self.value_model is not None else None
-        entropy = torch.zeros(mask.shape[0], device=self.device)
+        entropy = torch.zeros(mask.shape[0], dtype=torch.float32, device=self.device)
         for rows in first_epoch:
             sub = {k: batch[k][rows] for k in ROW_KEYS}
             out, v = self._forward(sub, grad=False)

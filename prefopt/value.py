@@ -27,7 +27,10 @@ class ValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
+        # In the head's own dtype, not autocast's: under bf16-mixed the values (which feed
+        # GAE and the value loss) stay fp32, and the rollout's fp32 buffers can hold them.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.linear(hidden.to(self.linear.weight.dtype)).float().squeeze(-1)
 
 
 class SeparateValueModel(torch.nn.Module):
