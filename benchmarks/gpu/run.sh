@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU check of prefopt in one command, for a GPU host with no internet:
-#   kernels   tests/kernels/test_triton_gpu.py and the GPU DPO-step parity test, then the
-#             kernel microbenchmarks: benchmarks/RESULTS.md and benchmarks/logprobs.png
+#   tests     every test marked gpu (pytest -m gpu): the kernels at real shapes, the DPO
+#             step through them against full logits, every objective through prefopt-train
+#   bench     the kernel microbenchmarks: benchmarks/RESULTS.md and benchmarks/logprobs.png
 #   e2e       the DPO step against TRL's DPOTrainer: benchmarks/RESULTS.md and
-#             benchmarks/e2e/e2e.png (arguments after `e2e --` go to benchmarks/e2e/run.py)
+#             benchmarks/e2e/e2e.png (arguments after `--` go to benchmarks/e2e/run.py)
 #
-#   benchmarks/gpu/run.sh kernels e2e          # both (the default)
+#   benchmarks/gpu/run.sh                      # tests bench e2e
 #   benchmarks/gpu/run.sh e2e -- --models qwen2-0.5b
 #
 # The host's python3 must already have torch, triton, transformers, Lightning, peft and
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
         *) parts+=("$1"); shift ;;
     esac
 done
-[ ${#parts[@]} -eq 0 ] && parts=(kernels e2e)
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench e2e)
 out=${OUT:-}
 
 if [ -d .whl ]; then
@@ -48,19 +49,20 @@ PY
 status=0
 for part in "${parts[@]}"; do
     case "$part" in
-        kernels)
-            $PY -m pytest -q -p no:cacheprovider tests/kernels/test_triton_gpu.py \
-                "tests/prefopt/test_logprobs.py::test_dpo_step_matches_logits_path" \
-                2>&1 | tee /tmp/prefopt-kernel-tests.log || status=1
+        tests)
+            $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 \
+                | tee /tmp/prefopt-gpu-tests.log | tail -n 40 || status=1
+            files=(/tmp/prefopt-gpu-tests.log) ;;
+        bench)
             $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-enable \
                 --benchmark-json=benchmarks/bench.json 2>&1 | tail -n 30 || status=1
             $PY benchmarks/report.py benchmarks/bench.json || status=1
-            files=(/tmp/prefopt-kernel-tests.log benchmarks/bench.json benchmarks/logprobs.png) ;;
+            files=(benchmarks/bench.json benchmarks/logprobs.png) ;;
         e2e)
             $PY benchmarks/e2e/run.py "${extra[@]}" 2>&1 | tee /tmp/prefopt-e2e.log || status=1
             files=(/tmp/prefopt-e2e.log benchmarks/e2e/results.json benchmarks/e2e/e2e.png
                    benchmarks/e2e/results-kernels.md) ;;
-        *) echo "unknown part '$part' (kernels, e2e)"; exit 2 ;;
+        *) echo "unknown part '$part' (tests, bench, e2e)"; exit 2 ;;
     esac
     if [ -n "$out" ]; then
         cp -f "${files[@]}" "$out"/ 2>/dev/null
