@@ -168,6 +168,52 @@ def test_out_of_range_target_is_nan_not_a_silent_value(tl_module):
     assert torch.isfinite(logp[[0, 2]]).all() and torch.isnan(logp[1])
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_dpo_step_on_the_tiny_model_through_the_kernels(tl_module, tokenizer, tied):
+    """The training path (prefopt.logprobs, impl="triton") in one DPO step of the tiny
+    model: the loss and every parameter's gradient equal those of full float64 logits."""
+    from prefopt.data.collate import collate_groups
+    from prefopt.data.records import pairwise_record
+    from prefopt.data.tokenize import Encoder, TokenizeConfig
+    from prefopt.logprobs import completion_logps
+    from prefopt.models import ModelConfig, TinyModelConfig, build_policy, make_reference
+    from prefopt.plugins.dpo import dpo_loss
+
+    torch.manual_seed(0)
+    policy = build_policy(ModelConfig(tiny=TinyModelConfig(tie_word_embeddings=tied)), tokenizer)
+    reference = make_reference(policy)
+    with torch.no_grad():  # off the reference, so that the gradient is not trivial
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    records = [pairwise_record("sort 5213", "1235", "1253", "r0"),
+               pairwise_record("reverse 90817", "71809", "7180", "r1")]
+    batch = collate_groups(Encoder(tokenizer, TokenizeConfig()).encode_all(records)[0],
+                           tokenizer.pad_token_id)
+
+    def full_logits(model):  # the textbook path: all logits, log_softmax, gather
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+        token = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        return (token * batch["completion_mask"][:, 1:]).sum(-1)
+
+    def loss_and_grads(policy_logps, reference_logps):
+        loss = dpo_loss(policy_logps[0::2], policy_logps[1::2], reference_logps[0::2],
+                        reference_logps[1::2], beta=0.1)[0].mean()
+        return loss, torch.autograd.grad(loss, list(policy.parameters()))
+
+    with torch.no_grad():
+        ref_kernel = completion_logps(reference, batch, impl="triton").logps
+        ref_logits = full_logits(reference)
+    kernel = completion_logps(policy, batch, impl="triton").logps
+    torch.testing.assert_close(kernel.double(), full_logits(policy).detach(), rtol=1e-5,
+                               atol=1e-5)
+    loss_k, grads_k = loss_and_grads(kernel, ref_kernel)
+    loss_l, grads_l = loss_and_grads(full_logits(policy), ref_logits)
+    assert loss_k.item() == pytest.approx(loss_l.item(), rel=1e-5)
+    for g_kernel, g_logits in zip(grads_k, grads_l):
+        torch.testing.assert_close(g_kernel.double(), g_logits.double(), rtol=1e-4, atol=1e-6)
+
+
 if not INTERPRETING:  # test_under_the_interpreter runs these in its child pytest
     for _name in [n for n in list(globals()) if n.startswith("test_")
                   and n != "test_under_the_interpreter"]:
