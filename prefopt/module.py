@@ -9,7 +9,7 @@ metric schema of DESIGN.md under `train/` or `val/`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +33,9 @@ class OptimizerConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    fused: Optional[bool] = None
+    """torch's fused AdamW kernel (a few launches for all parameters, as HF's Trainer uses);
+    empty: fused when every parameter is on CUDA and no fp16 gradient scaler is in use."""
 
 
 @dataclass
@@ -325,6 +328,43 @@ class PreferenceModule(pl.LightningModule):
         theirs, e.g. a value head)."""
         return [p for p in self.policy.parameters() if p.requires_grad]
 
+    def _fused_adamw(self, params: list[torch.nn.Parameter]) -> bool:
+        if self.optimizer_cfg.fused is not None:
+            return self.optimizer_cfg.fused
+        # By default on CUDA only: on the CPU it would only change the rounding of every
+        # figure measured with the foreach loop. Not beside an fp16 gradient scaler, which
+        # must unscale before clipping, while the fused kernel unscales inside its step.
+        return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params) \
+            and self._gradient_scaler() is None
+
+    def _gradient_scaler(self):
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None):
+        self.clip_all(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def clip_all(self, optimizer, clip_val, algorithm) -> None:
+        """Lightning's clipping, except for a fused optimizer without a gradient scaler
+        (bf16): Lightning's mixed-precision plugin refuses to clip for any optimizer that
+        unscales gradients inside its step, although with no scaler there is nothing to
+        unscale; the gradients are clipped here as its full-precision plugin would."""
+        if not clip_val:
+            return
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        if not (fused and isinstance(plugin, pl.plugins.precision.MixedPrecision)
+                and plugin.scaler is None):
+            self.clip_gradients(optimizer, gradient_clip_val=clip_val,
+                                gradient_clip_algorithm=algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, clip_val)
+
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning zeroes gradients inside the next step's closure, after that step's
@@ -337,12 +377,8 @@ class PreferenceModule(pl.LightningModule):
         params = self.trainable_parameters()
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        # On CUDA, the fused kernel (a few launches for all parameters instead of several
-        # per tensor), as HF's Trainer uses by default. Not on the CPU: there it would only
-        # change the rounding of every figure measured with the foreach loop.
-        fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                      eps=cfg.eps, fused=fused or None)
+                                      eps=cfg.eps, fused=self._fused_adamw(params) or None)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = sched.warmup_steps or round(sched.warmup_ratio * total)
         scheduler = get_scheduler(sched.name, optimizer, num_warmup_steps=warmup,

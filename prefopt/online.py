@@ -165,9 +165,7 @@ class OnlineModule(PreferenceModule):
                                                                   advantages))
                 optimizer.zero_grad()
                 self.manual_backward(out.loss)
-                if self.gradient_clip_val:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
-                                        gradient_clip_algorithm=self.gradient_clip_algorithm)
+                self.clip_all(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
                 optimizer.step()
                 scheduler.step()
                 # Freed now, not at the next minibatch: no gradients held through the

@@ -95,3 +95,35 @@ def test_adamw_is_fused_on_cuda_only(tiny_model, device):
     optimizer = module.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)
     assert bool(optimizer.defaults["fused"]) is (device == "cuda")
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_adamw_steps_on_clipped_gradients(tiny_model, tokenizer, precision):
+    """With a fused AdamW (forced here on the CPU) the update sees gradients clipped to
+    trainer.gradient_clip_val, under bf16 autocast as in full precision."""
+    import pytorch_lightning as pl
+
+    module = module_for(tiny_model)
+    module.optimizer_cfg.fused = True
+    norms = []
+
+    def after_step(optimizer, args, kwargs):  # (Lightning runs the closure inside step())
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))
+
+    loader = torch.utils.data.DataLoader([batch(tokenizer)] * 2, batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, precision=precision,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, gradient_clip_val=1e-3)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    finally:
+        handle.remove()
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert norms == pytest.approx([1e-3, 1e-3], rel=1e-3)  # the raw norms are far larger
+
