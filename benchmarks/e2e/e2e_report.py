@@ -33,7 +33,14 @@ def _label(shape: dict) -> str:
 
 
 def _on_gpu(results: dict) -> bool:
+    if "device" in results:  # written by run.py, also when every run failed
+        return results["device"] == "cuda"
     return any(r.get("spec", {}).get("device") == "cuda" for r in results["runs"])
+
+
+def _device_name(results: dict) -> str:
+    return results.get("device_name") or next(
+        (r["versions"]["device_name"] for r in results["runs"] if "versions" in r), "?")
 
 
 def peak(run: dict, gpu: bool) -> float | None:
@@ -67,6 +74,21 @@ def _pairs(results: dict):
             for s in shapes]
 
 
+def same_job(mine, theirs) -> tuple[float, float] | None:
+    """(relative difference of the first step's mean Σ log π(chosen), largest absolute
+    difference of the per-step losses) between the two trainers' runs of a shape. Both
+    start from the same weights and data, so the first is rounding (fp32 ~1e-7, bf16
+    ~1e-4) and the second grows only with the rounding of the updates."""
+    if not (_ok(mine) and _ok(theirs)):
+        return None
+    a, b = mine["result"], theirs["result"]
+    if None in (a.get("first_logps_chosen"), b.get("first_logps_chosen")) \
+            or not a.get("losses") or not b.get("losses"):
+        return None
+    first = abs(a["first_logps_chosen"] - b["first_logps_chosen"]) / abs(b["first_logps_chosen"])
+    return first, max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
+
+
 def _ok(run) -> bool:
     return run is not None and "error" not in run
 
@@ -82,8 +104,7 @@ def _versions(results: dict) -> str:
 
 def markdown(results: dict) -> str:
     gpu = _on_gpu(results)
-    device = next((r["versions"]["device_name"] for r in results["runs"] if "versions" in r),
-                  "?")
+    device = _device_name(results)
     steps = results["steps"]
     title = ("GPU results" if gpu else
              "CPU smoke run: a harness check, not a performance figure")
@@ -151,6 +172,11 @@ def markdown(results: dict) -> str:
 
     lines.append("| **sum of phases** | " + " | ".join(f"{total(m)} / {total(t)}"
                                                       for _, m, t in pairs) + " |")
+    same = [same_job(m, t) for _, m, t in pairs]
+    lines.append("| same job: first Σ log π(chosen), relative difference | " + " | ".join(
+        f"{s[0]:.1e}" if s else "n/a" for s in same) + " |")
+    lines.append("| same job: largest loss difference over the steps | " + " | ".join(
+        f"{s[1]:.1e}" if s else "n/a" for s in same) + " |")
     if gpu:
         def gib(run, key):
             value = run["result"].get(key) if _ok(run) else None
@@ -206,8 +232,7 @@ def chart(results: dict, png: Path) -> None:
         ax.set_xticklabels([_label(s).replace(" T=", "\nT=") for s, _, _ in pairs], fontsize=7)
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    device = next((r["versions"]["device_name"] for r in results["runs"] if "versions" in r),
-                  "?")
+    device = _device_name(results)
     fig.suptitle(f"DPO step, {results['precision']}, {device}" if gpu else
                  "CPU smoke run: harness check only, NOT a performance figure")
     fig.tight_layout()

@@ -17,7 +17,11 @@ phases in another order would stop the profile rather than mislabel it):
       -> policy trunk backward (down to the input embeddings; recomputation included
          under gradient checkpointing)
       -> embedding backward -> gradient clipping + optimizer step
-      -> zero_grad, scheduler, logging -> step end
+      -> zero_grad, scheduler -> step end
+
+What runs between one step's end callback and the next step's start callback (HF's
+logging, Lightning's logging and its copy of the batch to the device) is in the timed steps
+but in no phase.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from prefopt.models import base_model
 
 # (the mark that ends a phase, the phase's name), in step order.
 PHASES = (
-    ("policy_trunk_start", "batch to device, step setup"),
+    ("policy_trunk_start", "step setup"),
     ("policy_trunk_end", "policy trunk forward"),
     ("reference_trunk_start", "policy log-probs forward"),
     ("reference_trunk_end", "reference trunk forward"),
@@ -40,7 +44,7 @@ PHASES = (
     ("embedding_grad", "policy trunk backward"),
     ("clip_start", "embedding backward"),
     ("optimizer_end", "grad clipping + optimizer step"),
-    ("step_end", "zero_grad, scheduler, logging"),
+    ("step_end", "after the update (zero_grad, scheduler)"),
 )
 PHASE_NAMES = tuple(name for _, name in PHASES)
 

@@ -90,9 +90,11 @@ def measure(shape: Shape, provider: str, args, workdir: Path) -> dict:
                 "error": f"stopped after {args.timeout:.0f} s (--timeout)"}
     wall = time.perf_counter() - started
     if proc.returncode != 0 or not out.exists():
+        log = out.with_suffix(".log")
+        log.write_text(proc.stdout + proc.stderr)
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-3:]
         oom = "out of memory" in proc.stderr.lower()
-        return {"provider": provider, "shape": vars(shape),
+        return {"provider": provider, "shape": vars(shape), "log": str(log),
                 "error": "out of GPU memory" if oom else " / ".join(tail) or
                 f"exit status {proc.returncode}"}
     payload = json.loads(out.read_text())
@@ -106,12 +108,17 @@ def main(argv=None) -> int:
     workdir = args.out.parent / "runs"
     workdir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for shape in shapes:
-        for provider in args.providers:
+    for i, shape in enumerate(shapes):
+        # Alternating which trainer goes first, so that neither always meets a GPU warmed
+        # (or heated) by the other.
+        for provider in args.providers if i % 2 == 0 else args.providers[::-1]:
             run = measure(shape, provider, args, workdir)
             runs.append(run)
             print(e2e_report.one_line(run), flush=True)
+    cuda = torch.cuda.is_available()
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "device": "cuda" if cuda else "cpu",
+               "device_name": torch.cuda.get_device_name() if cuda else "cpu",
                "commit": e2e_report.commit(), "precision": args.precision,
                "gradient_checkpointing": args.gradient_checkpointing,
                "steps": {"warmup": args.warmup, "timed": args.timed,

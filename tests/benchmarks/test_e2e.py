@@ -94,9 +94,11 @@ def test_a_missing_or_misordered_mark_stops_the_profile():
 
 
 def _run(provider, tokens_per_s, peak_mib):
+    first, second = (-100.0, 0.693) if provider == "prefopt" else (-100.01, 0.690)
     return {"provider": provider, "shape": {"model": "qwen2-0.5b", "seq_len": 1024, "pairs": 4},
             "spec": {"device": "cuda"}, "versions": {"device_name": "GPU", "torch": "x"},
             "result": {"tokens_per_s": tokens_per_s, "peak_mib": peak_mib, "step_ms": 1.0,
+                       "first_logps_chosen": first, "losses": [0.6931, second],
                        "peak_rss_mib": 1.0, "step_start_mib": 2048.0, "reserved_mib": None,
                        "phases_ms": {name: 1.0 for name in phases.PHASE_NAMES}}}
 
@@ -120,6 +122,9 @@ def test_report_compares_with_the_targets(speed, memory, verdict):
     assert cells[9] == verdict
     assert "| **sum of phases** | 10.0 / 10.0 |" in text
     assert "| GiB allocated at step start | 2.0 / 2.0 |" in text
+    # -100 and -100.01: 1e-4 relative; losses 0.693 and 0.690 at the second step: 3e-3.
+    assert "| same job: first Σ log π(chosen), relative difference | 1.0e-04 |" in text
+    assert "| same job: largest loss difference over the steps | 3.0e-03 |" in text
     assert "| GiB peak reserved | n/a / n/a |" in text
 
 
@@ -132,6 +137,16 @@ def test_a_failed_run_is_reported_not_hidden():
     row = next(line for line in e2e_report.markdown(results).splitlines()
                if line.startswith("| qwen2-0.5b"))
     assert "out of GPU memory" in row and row.endswith("| n/a | n/a |")
+
+
+def test_a_gpu_run_whose_workers_all_failed_is_not_labelled_a_cpu_run():
+    failed = [{"provider": p, "shape": {"model": "qwen2-0.5b", "seq_len": 1024, "pairs": 4},
+               "error": "boom"} for p in ("prefopt", "trl")]
+    results = {"date": "d", "commit": "c", "precision": "bf16-mixed", "device": "cuda",
+               "device_name": "NVIDIA H200", "gradient_checkpointing": False,
+               "steps": {"warmup": 1, "timed": 1, "profiled": 1}, "runs": failed}
+    text = e2e_report.markdown(results)
+    assert text.startswith("### GPU results") and "device: NVIDIA H200" in text
 
 
 @pytest.mark.slow
