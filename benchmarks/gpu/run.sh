@@ -27,6 +27,7 @@ done
 out=${OUT:-}
 
 if [ -d .whl ]; then
+    rm -rf /tmp/prefopt-site  # only these wheels' versions, not an earlier run's
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/prefopt-site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/prefopt-site${PYTHONPATH:+:$PYTHONPATH}
