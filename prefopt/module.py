@@ -335,11 +335,10 @@ class PreferenceModule(pl.LightningModule):
         # figure measured with the foreach loop. Not beside an fp16 gradient scaler, which
         # must unscale before clipping, while the fused kernel unscales inside its step.
         return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params) \
-            and self._gradient_scaler() is None
+            and getattr(self._precision_plugin(), "scaler", None) is None
 
-    def _gradient_scaler(self):
-        plugin = self._trainer.precision_plugin if self._trainer is not None else None
-        return getattr(plugin, "scaler", None)
+    def _precision_plugin(self):
+        return self._trainer.precision_plugin if self._trainer is not None else None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None):
@@ -353,7 +352,7 @@ class PreferenceModule(pl.LightningModule):
         if not clip_val:
             return
         fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        plugin = self._trainer.precision_plugin if self._trainer is not None else None
+        plugin = self._precision_plugin()
         if not (fused and isinstance(plugin, pl.plugins.precision.MixedPrecision)
                 and plugin.scaler is None):
             self.clip_gradients(optimizer, gradient_clip_val=clip_val,

@@ -163,8 +163,7 @@ class OnlineModule(PreferenceModule):
                     break  # the schedule ends at max_steps, mid-rollout if need be
                 out = self.objective.loss(self.loss_inputs_online(rollout, rows, experience,
                                                                   advantages))
-                optimizer.zero_grad()
-                self.manual_backward(out.loss)
+                self.manual_backward(out.loss)  # onto no gradients: freed after each step
                 self.clip_all(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
                 optimizer.step()
                 scheduler.step()

@@ -12,12 +12,11 @@ traced step runs under torch.profiler, for a table of the kernels that took the 
 from __future__ import annotations
 
 import resource
-import time
 from dataclasses import dataclass, field
 
 import torch
 
-from phases import StepProfiler
+from phases import StepProfiler, synchronized_time
 
 MiB = 2**20
 
@@ -57,11 +56,6 @@ class StepClock:
     def total_steps(self) -> int:
         return self.warmup + self.timed + self.profiled + int(self.traced)
 
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def step_start(self) -> None:
         if self.step == self.warmup and self.device.type == "cuda":
             self._step_start = torch.cuda.memory_allocated(self.device) / MiB
@@ -76,11 +70,11 @@ class StepClock:
             self._kernels = self._end_trace(self._trace)
             self._trace = None
         if self.step == self.warmup - 1:
-            self._start = self._now()
+            self._start = synchronized_time(self.device)
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
         elif self.step == self.warmup + self.timed - 1:
-            self._end = self._now()
+            self._end = synchronized_time(self.device)
             if self.device.type == "cuda":
                 self._peak = torch.cuda.max_memory_allocated(self.device) / MiB
                 self._reserved = torch.cuda.max_memory_reserved(self.device) / MiB

@@ -127,7 +127,8 @@ def markdown(results: dict) -> str:
               f"{unit} | TRL peak {unit} | memory | targets (≥ {SPEED_TARGET}×, "
               f"≤ {MEMORY_TARGET}×) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for shape, mine, theirs in _pairs(results):
+    by_shape = _pairs(results)
+    for shape, mine, theirs in by_shape:
         cells = [shape["model"], str(shape["seq_len"]), str(shape["pairs"])]
         speed = memory_ratio = None
         for run in (mine, theirs):
@@ -154,7 +155,7 @@ def markdown(results: dict) -> str:
     n = steps["profiled"]
     lines += ["", f"#### Profile: ms per step by phase, prefopt / TRL (median over {n} "
               f"step{'s' * (n != 1)}, device synchronised at each phase boundary)", ""]
-    pairs = [(s, m, t) for s, m, t in _pairs(results) if _ok(m) or _ok(t)]
+    pairs = [(s, m, t) for s, m, t in by_shape if _ok(m) or _ok(t)]
     lines += ["| phase | " + " | ".join(_label(s) for s, _, _ in pairs) + " |",
               "|---|" + "---:|" * len(pairs)]
 

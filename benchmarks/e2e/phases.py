@@ -49,6 +49,13 @@ PHASES = (
 PHASE_NAMES = tuple(name for _, name in PHASES)
 
 
+def synchronized_time(device: torch.device) -> float:
+    """perf_counter once the device has finished the work issued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def trunk(model):
     """The decoder without its LM head (e.g. LlamaModel), through any LoRA wrapper."""
     return base_model(model).base_model
@@ -63,9 +70,7 @@ class StepProfiler:
         self._handles = []
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return synchronized_time(self.device)
 
     def mark(self, name: str) -> None:
         # First instant only: e.g. an optimizer whose step calls another's step.

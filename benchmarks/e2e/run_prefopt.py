@@ -15,13 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from clock import StepClock
-from data import random_pairs
+from job import prepare
 from prefopt import registry
 from prefopt.data.collate import collate_groups
 from prefopt.data.tokenize import EncodedGroup
-from prefopt.models import make_reference
 from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
-from shapes import build_model
 
 PAD_ID = 0
 
@@ -47,19 +45,12 @@ class _Callbacks(pl.Callback):
 
 def run(spec) -> StepClock:
     shape = spec.shape
-    policy = build_model(shape.model, seed=spec.seed, device=spec.device,
-                         gradient_checkpointing=spec.gradient_checkpointing)
-    reference = make_reference(policy)
+    policy, reference, clock, pairs = prepare(spec)
     objective_cls = registry.load("dpo")
     objective = objective_cls(objective_cls.Config(name="dpo", beta=0.1))
     module = PreferenceModule(policy, reference, objective,
                               OptimizerConfig(lr=spec.lr, weight_decay=0.0),
                               SchedulerConfig(name="constant", warmup_steps=0, warmup_ratio=0.0))
-    clock = StepClock(spec.device, shape.tokens_per_step, warmup=spec.warmup,
-                      timed=spec.timed, profiled=spec.profiled, traced=spec.traced)
-    clock.profiler.attach(policy, reference)
-    pairs = random_pairs(shape, policy.config.vocab_size, clock.total_steps * shape.pairs,
-                         spec.seed)
     groups = [EncodedGroup(prompt=p, completions=(c, r)) for p, c, r in pairs]
     # In the data's order, as TRL's sampler is given it (see run_trl.py).
     loader = DataLoader(groups, batch_size=shape.pairs, shuffle=False,

@@ -22,10 +22,8 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from clock import StepClock
-from data import random_pairs
+from job import prepare
 from prefopt import tiny
-from prefopt.models import make_reference
-from shapes import build_model
 
 
 class _BenchDPOTrainer(DPOTrainer):
@@ -61,14 +59,7 @@ class _Callbacks(TrainerCallback):
 
 def run(spec) -> StepClock:
     shape = spec.shape
-    policy = build_model(shape.model, seed=spec.seed, device=spec.device,
-                         gradient_checkpointing=spec.gradient_checkpointing)
-    reference = make_reference(policy)
-    clock = StepClock(spec.device, shape.tokens_per_step, warmup=spec.warmup,
-                      timed=spec.timed, profiled=spec.profiled, traced=spec.traced)
-    clock.profiler.attach(policy, reference)
-    pairs = random_pairs(shape, policy.config.vocab_size, clock.total_steps * shape.pairs,
-                         spec.seed)
+    policy, reference, clock, pairs = prepare(spec)
     dataset = Dataset.from_dict({"prompt_ids": [p for p, _, _ in pairs],
                                  "chosen_ids": [c for _, c, _ in pairs],
                                  "rejected_ids": [r for _, _, r in pairs]})

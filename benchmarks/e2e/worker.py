@@ -14,34 +14,16 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from job import Spec  # noqa: E402
 from shapes import MODELS, Shape  # noqa: E402
 
 PROVIDERS = ("prefopt", "trl")
-
-
-@dataclass
-class Spec:
-    provider: str
-    shape: Shape
-    precision: str  # Lightning's name: bf16-mixed or 32-true
-    gradient_checkpointing: bool
-    warmup: int
-    timed: int
-    profiled: int
-    seed: int = 0
-    lr: float = 1e-6
-    traced: bool = False  # one more step under torch.profiler: the top kernels
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse(argv=None) -> tuple[Spec, Path]:
