@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefopt import registry
-from prefopt.config import TrainConfig
+from prefopt.training.config import TrainConfig
 from prefopt.generate import GenerationConfig, generate
 from prefopt.models import make_reference, uses_lora
 
@@ -116,7 +116,7 @@ def steering(policy, initial, tokenizer, schema, records, builtin: bool, max_pro
         if attribute_model is None:
             raise ValueError("steering obedience on your own data needs --attribute-model "
                              "(an objective=attribute_model run's policy/) to measure answers")
-        from prefopt.label import AttributeLabeler
+        from prefopt.steer.label import AttributeLabeler
 
         labeler = AttributeLabeler.load(attribute_model)
         requests = [{n: v for n, v in (r.attributes or ()) if v is not None
@@ -143,7 +143,7 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
              max_prompts: int = 64, generation: GenerationConfig | None = None,
              attribute_model: str | None = None) -> dict:
     from prefopt.data.datamodule import load_splits
-    from prefopt.train import attach_cached_reference, build
+    from prefopt.training.train import attach_cached_reference, build
 
     cfg = load_run_config(run_dir)
     if data is not None:
@@ -179,7 +179,7 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
             seed=cfg.seed)
 
     if reward_model is not None:
-        from prefopt.reward import RewardScorer
+        from prefopt.steer.scorer import RewardScorer
 
         prompts = [r.prompt for r in load_splits(cfg.data, datamodule.fmt, cfg.seed)["val"]]
         prompts = prompts[:max_prompts]

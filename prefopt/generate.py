@@ -43,7 +43,7 @@ def load_policy(path: str, **model_kwargs):
     """(model, tokenizer, attribute schema or None) of a policy exported by prefopt-train."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefopt.attributes import SCHEMA_FILE, AttributeSchema
+    from prefopt.steer.attributes import SCHEMA_FILE, AttributeSchema
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model directory")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     from prefopt.data.records import RecordError
-    from prefopt.output import write_jsonl
+    from prefopt.data.output import write_jsonl
 
     parser = argparse.ArgumentParser(
         prog="prefopt-generate",

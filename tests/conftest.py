@@ -35,7 +35,7 @@ def registered():
     """The schema in Hydra's ConfigStore, and group `objective` served lazily from the
     installed objectives' entry points (prefopt.registry.ObjectiveSource)."""
     from prefopt import registry
-    from prefopt.config import register_schema
+    from prefopt.training.config import register_schema
 
     register_schema()
     registry.register_configs()

@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from prefopt import registry
 from prefopt.objective import OnlineObjective
-from prefopt.train import train
+from prefopt.training.train import train
 
 REWARDS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
            "rewards/accuracies"}

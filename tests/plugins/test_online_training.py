@@ -33,7 +33,7 @@ def warm_start(tmp_path_factory):
     """The tiny policy after 150 SFT steps on the task's preferred answers."""
     from hydra import compose, initialize_config_module
 
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     out = tmp_path_factory.mktemp("sft")
     with initialize_config_module(config_module="prefopt.conf", version_base="1.3"):
@@ -49,7 +49,7 @@ def test_online_training_raises_the_programmatic_reward(registered, warm_start, 
                                                          tmp_path):
     from hydra import compose, initialize_config_module
 
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     with initialize_config_module(config_module="prefopt.conf", version_base="1.3"):
         cfg = compose("train", overrides=[

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prefopt.data.synthetic import SyntheticConfig, splits
-from prefopt.reward import RewardScorer
+from prefopt.steer.scorer import RewardScorer
 
 # The README's documented command: prefopt-train objective=reward_bt trainer.max_steps=3000.
 REWARD_MODEL_STEPS = 3000
@@ -18,7 +18,7 @@ REWARD_MODEL_STEPS = 3000
 
 @pytest.mark.slow
 def test_reward_model_reaches_90_percent_held_out(compose, tmp_path):
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     cfg = compose("objective=reward_bt", f"trainer.max_steps={REWARD_MODEL_STEPS}",
                   "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false")

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from prefopt.attributes import AttributeSchema, AttributeSpec
+from prefopt.steer.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import parse_attributed
 from prefopt.data.tokenize import Encoder, TokenizeConfig
-from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+from prefopt.training.module import OptimizerConfig, PreferenceModule, SchedulerConfig
 from prefopt.objective import AttributeScores, ResponseLogps
 from prefopt.plugins.steerlm import AttributeModel, SteerLM
 

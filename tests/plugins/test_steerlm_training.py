@@ -20,7 +20,7 @@ STEPS = 700
 @pytest.mark.slow
 def test_steerlm_policy_obeys_requested_attributes(compose, tmp_path):
     from prefopt.models import ModelConfig, build_policy, build_tokenizer
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     cfg = compose("objective=steerlm", "data.attribute_dropout=0.1",
                   f"trainer.max_steps={STEPS}", "trainer.val_check_interval=350",

@@ -45,7 +45,7 @@ def _module(name: str):
     """A PreferenceModule on the tiny policy (moved off its reference, so rewards are not
     all 0) and its reference, identical in every process: built from fixed seeds."""
     from prefopt import testing
-    from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+    from prefopt.training.module import OptimizerConfig, PreferenceModule, SchedulerConfig
 
     objective = _objective(name)
     reference, template = testing._models(reward_head=False)
@@ -153,7 +153,7 @@ def _rank(rank: int, out: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from prefopt.module import NonFiniteError
+    from prefopt.training.module import NonFiniteError
 
     torch.set_num_threads(1)
     # A file rendezvous: no TCP port to choose, which could clash with another run.
@@ -331,7 +331,8 @@ def test_deepspeed_without_the_package_is_a_clear_error(compose):
 def test_export_with_sharded_parameters_is_refused(compose, monkeypatch, tmp_path):
     """FSDP cannot run here (CPU), so the refusal is checked on a Trainer stand-in whose
     strategy shards parameters as DeepSpeed ZeRO-3 does."""
-    from prefopt import registry, train
+    from prefopt import registry
+    from prefopt.training import train
 
     class Trainer:
         def __init__(self, **_):
@@ -380,7 +381,7 @@ def test_prefopt_train_ddp_on_two_cpu_processes(compose, tmp_path):
     # final model on the whole validation set (32 records: 16 per rank, none repeated).
     import pytorch_lightning as pl
 
-    from prefopt.train import build
+    from prefopt.training.train import build
 
     cfg = compose(*_RUN)
     module, datamodule, _ = build(cfg)

@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize("extra", [[], ["model.lora.r=4"], ["reference=cached"]])
 def test_eval_reproduces_the_runs_final_metrics(compose, fast_overrides, tmp_path, extra):
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     cache = [f"reference_cache_dir={tmp_path / 'cache'}"] if extra == ["reference=cached"] else []
     result = train(compose(*fast_overrides, "export_policy=false", *extra, *cache))

@@ -10,7 +10,7 @@ from prefopt.models import LoraConfig, ModelConfig, build_policy, uses_lora
 
 def test_lora_run_holds_one_copy_and_exports_merged(compose, fast_overrides, tmp_path,
                                                     tokenizer):
-    from prefopt.train import build, train
+    from prefopt.training.train import build, train
 
     cfg = compose("model.lora.r=4", *fast_overrides)
     module, _, _ = build(cfg)
@@ -50,7 +50,7 @@ def test_merged_export_computes_what_the_adapted_policy_did(tokenizer, tmp_path)
 
 
 def test_lora_reference_logps_are_the_base_model(tokenizer):
-    from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+    from prefopt.training.module import OptimizerConfig, PreferenceModule, SchedulerConfig
     from prefopt.plugins.dpo import DPO
 
     torch.manual_seed(0)

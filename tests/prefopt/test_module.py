@@ -7,7 +7,7 @@ from prefopt.data.collate import collate_groups
 from prefopt.data.records import pairwise_record
 from prefopt.data.tokenize import Encoder, TokenizeConfig
 from prefopt.models import make_reference
-from prefopt.module import NonFiniteError, OptimizerConfig, PreferenceModule, SchedulerConfig
+from prefopt.training.module import NonFiniteError, OptimizerConfig, PreferenceModule, SchedulerConfig
 from prefopt.plugins.dpo import DPO
 
 
@@ -52,7 +52,7 @@ def test_build_refuses_needs_the_module_cannot_serve(needs, message):
     from prefopt.objective import BatchFormat, Needs
     from prefopt.plugins.kto import KTO
     from prefopt.registry import PluginError
-    from prefopt.train import _check_feedable
+    from prefopt.training.train import _check_feedable
 
     objective = KTO(KTO.Config(name="odd"))
     assert objective.batch_format == BatchFormat.UNPAIRED

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from prefopt.plugins.ppo import PPO
-from prefopt.rewards import RewardError
-from prefopt.train import build, train
+from prefopt.online.rewards import RewardError
+from prefopt.training.train import build, train
 
 BIN = os.path.dirname(sys.executable)
 ONLINE = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
@@ -158,7 +158,7 @@ def test_gradient_clipping_moves_from_the_trainer_to_the_module(compose, monkeyp
             seen.update(kwargs)
             super().__init__(**kwargs)
 
-    from prefopt import train as train_module
+    from prefopt.training import train as train_module
 
     monkeypatch.setattr(train_module.pl, "Trainer", Trainer)
     cfg = compose("objective=reinforce", *ONLINE, "trainer.gradient_clip_val=0.5")
@@ -185,7 +185,7 @@ class _Crash(RuntimeError):
 def test_a_crashed_online_run_resumes_exactly(compose, monkeypatch, tmp_path, digits_reward):
     """PPO with adaptive KL (state in the objective): a run that dies after the checkpoint
     at rollout 4 and is resumed with ckpt_path=last ends exactly as an uninterrupted one."""
-    from prefopt.online import OnlineModule
+    from prefopt.online.module import OnlineModule
 
     run = ["objective=ppo", *ONLINE, "objective.epochs=2", "objective.target_kl=0.5",
            "trainer.max_steps=16", "trainer.val_check_interval=4", digits_reward]

@@ -1,6 +1,6 @@
 """The end-of-run curves: the series read from metrics.csv are the ones drawn."""
 
-from prefopt.plots import curves_figure, plot_curves, read_series
+from prefopt.training.plots import curves_figure, plot_curves, read_series
 
 CSV = """epoch,step,train/loss,train/kl,val/loss,val/rewards/accuracies
 0,0,,,0.69,0.5
@@ -30,7 +30,7 @@ def test_figure_draws_each_available_panel(tmp_path):
 
 
 def test_tensorboard_logger_option_writes_events_and_csv(compose, fast_overrides, tmp_path):
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     train(compose("logger=tensorboard", *fast_overrides, "export_policy=false"))
     run = tmp_path / "run"

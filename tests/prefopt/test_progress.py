@@ -2,8 +2,8 @@
 
 import types
 
-from prefopt.progress import StepProgressBar
-from prefopt.train import _progress_bar
+from prefopt.training.progress import StepProgressBar
+from prefopt.training.train import _progress_bar
 
 
 def _described(**trainer):

@@ -10,7 +10,7 @@ from prefopt.models import ModelConfig
 
 
 def run(compose, fast_overrides, tmp_path, name, *overrides):
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     out = tmp_path / name
     result = train(compose(*fast_overrides, "export_policy=false", f"output_dir={out}",
@@ -62,14 +62,14 @@ def test_key_covers_tokenizer_model_and_data(tokenizer):
                                                ("reward_bt", "uses no reference model")])
 def test_objectives_that_cannot_use_a_cache(compose, objective, message):
     from prefopt.registry import PluginError
-    from prefopt.train import build
+    from prefopt.training.train import build
 
     with pytest.raises(PluginError, match=message):
         build(compose(f"objective={objective}", "reference=cached"))
 
 
 def test_training_with_a_cache_holds_no_reference_model(compose):
-    from prefopt.train import build
+    from prefopt.training.train import build
 
     module, _, _ = build(compose("reference=cached"))
     assert module.reference is None and module.reference_cached

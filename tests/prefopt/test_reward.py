@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from prefopt.reward import RewardScorer
+from prefopt.steer.scorer import RewardScorer
 
 
 def test_scorer_reproduces_training_scores(compose, fast_overrides, tmp_path):
     from prefopt.data.collate import collate_groups
-    from prefopt.train import build, train
+    from prefopt.training.train import build, train
 
     cfg = compose("objective=reward_bt", *fast_overrides)
     train(cfg)

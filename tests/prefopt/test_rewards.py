@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefopt.data import synthetic
-from prefopt.rewards import (FunctionReward, ModelReward, RewardConfig, RewardError,
+from prefopt.online.rewards import (FunctionReward, ModelReward, RewardConfig, RewardError,
                              apply_missing_eos_penalty, available, build_reward,
                              resolve_function)
 
@@ -86,7 +86,7 @@ def test_missing_eos_penalty():
 
 def test_reward_model_source_scores_as_its_scorer(tokenizer, tmp_path):
     from prefopt.models import ModelConfig, build_policy
-    from prefopt.reward import RewardScorer
+    from prefopt.steer.scorer import RewardScorer
 
     torch.manual_seed(0)
     build_policy(ModelConfig(), tokenizer, reward_head=True).save_pretrained(tmp_path)

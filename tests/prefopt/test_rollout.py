@@ -5,7 +5,7 @@ import torch
 
 from prefopt.data.tokenize import Encoder, TokenizeConfig
 from prefopt.logprobs import completion_logps
-from prefopt.rollout import RolloutConfig, _cut_at_eos, check_config, sample
+from prefopt.online.rollout import RolloutConfig, _cut_at_eos, check_config, sample
 
 
 def test_cut_at_the_first_eos_which_stays():

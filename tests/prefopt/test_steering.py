@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefopt.attributes import AttributeSchema
+from prefopt.steer.attributes import AttributeSchema
 from prefopt.evaluate import obedience
 
 BIN = Path(sys.executable).parent
@@ -23,7 +23,7 @@ def run(command, *args):
 
 @pytest.fixture
 def steerlm_run(compose, fast_overrides, tmp_path):
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     train(compose("objective=steerlm", "data.attribute_dropout=0.5", *fast_overrides))
     return tmp_path / "run"
@@ -84,8 +84,8 @@ def test_attribute_model_labels_as_trained(compose, fast_overrides, tmp_path):
     from prefopt.data.collate import collate_groups
     from prefopt.data.records import Record
     from prefopt.data.tokenize import Encoder
-    from prefopt.label import AttributeLabeler
-    from prefopt.train import build, train
+    from prefopt.steer.label import AttributeLabeler
+    from prefopt.training.train import build, train
 
     cfg = compose("objective=attribute_model", *fast_overrides)
     train(cfg)

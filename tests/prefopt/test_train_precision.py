@@ -25,7 +25,7 @@ CASES.append(pytest.param("gpu", "bf16-mixed", id="gpu-bf16-mixed", marks=ON_GPU
 def test_every_objective_trains_in_bf16(compose, fast_overrides, name, accelerator,
                                         precision, tmp_path):
     from prefopt.kernels import triton_unavailable_reason
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     if accelerator == "gpu":
         assert triton_unavailable_reason(torch.device("cuda")) is None  # so auto is Triton
@@ -41,7 +41,7 @@ def test_every_objective_trains_in_bf16(compose, fast_overrides, name, accelerat
 def test_fused_adamw_with_clipping_under_bf16_mixed(compose, fast_overrides, name):
     """What a GPU run does by default (fused AdamW, bf16-mixed, clipping at 1.0), forced on
     the CPU: Lightning alone refuses to clip for a fused optimizer under mixed precision."""
-    from prefopt.train import train
+    from prefopt.training.train import train
 
     cfg = compose(f"objective={name}", *fast_overrides, "trainer.accelerator=cpu",
                   "trainer.precision=bf16-mixed", "optimizer.fused=true",

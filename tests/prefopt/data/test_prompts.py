@@ -5,7 +5,7 @@ import json
 import pytest
 
 from prefopt.data.records import RecordError
-from prefopt.train import build
+from prefopt.training.train import build
 
 ONLINE = ["data.batch_size=4", "rollout.num_samples=2", "rollout.max_new_tokens=6"]
 

@@ -17,9 +17,9 @@ from omegaconf import MISSING
 
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
-from prefopt.module import OptimizerConfig, SchedulerConfig
-from prefopt.rewards import RewardConfig
-from prefopt.rollout import RolloutConfig
+from prefopt.training.module import OptimizerConfig, SchedulerConfig
+from prefopt.online.rewards import RewardConfig
+from prefopt.online.rollout import RolloutConfig
 
 
 class ProgressBar(str, enum.Enum):

@@ -88,7 +88,7 @@ class ModelReward:
     """A trained scalar reward model (prefopt.reward.RewardScorer)."""
 
     def __init__(self, path: str, batch_size: int):
-        from prefopt.reward import RewardScorer
+        from prefopt.steer.scorer import RewardScorer
 
         self.scorer, self.name, self.batch_size = RewardScorer.load(path), path, batch_size
 

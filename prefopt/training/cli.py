@@ -9,11 +9,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from prefopt import registry, rewards
-from prefopt.config import register_schema
+from prefopt import registry
+from prefopt.online import rewards
+from prefopt.training.config import register_schema
 from prefopt.data.records import RecordError
-from prefopt.module import NonFiniteError
-from prefopt.rewards import RewardError
+from prefopt.training.module import NonFiniteError
+from prefopt.online.rewards import RewardError
 
 log = logging.getLogger("prefopt")
 
@@ -24,7 +25,7 @@ _USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError, FileNotFoundE
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    from prefopt.train import train  # heavy imports after Hydra has parsed the command line
+    from prefopt.training.train import train  # heavy imports after Hydra has parsed the command line
 
     try:
         train(cfg)

@@ -23,12 +23,12 @@ from prefopt import reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
 from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.data.prompts import PromptDataModule
-from prefopt.module import PreferenceModule
+from prefopt.training.module import PreferenceModule
 from prefopt.objective import BatchFormat, OnlineObjective
-from prefopt.online import OnlineModule
-from prefopt.rewards import build_reward
-from prefopt.plots import plot_curves
-from prefopt.progress import StepProgressBar
+from prefopt.online.module import OnlineModule
+from prefopt.online.rewards import build_reward
+from prefopt.training.plots import plot_curves
+from prefopt.training.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from prefopt.attributes import AttributeSchema
+from prefopt.steer.attributes import AttributeSchema
 from prefopt.data.records import RecordError, Text, _check_text, _require, iter_raw
 from prefopt.data.tokenize import TokenizeConfig
-from prefopt.output import write_jsonl
-from prefopt.reward import RewardScorer
+from prefopt.data.output import write_jsonl
+from prefopt.steer.scorer import RewardScorer
 
 
 class AttributeLabeler(RewardScorer):

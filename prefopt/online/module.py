@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.collate import ROW_KEYS
-from prefopt.module import PreferenceModule
+from prefopt.training.module import PreferenceModule
 from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective
-from prefopt.rewards import RewardError, apply_missing_eos_penalty
+from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
 from prefopt.rl import KLEstimator, kl_estimate
-from prefopt.rollout import Rollout, RolloutConfig, check_config, sample
-from prefopt.value import build_value_model, token_values
+from prefopt.online.rollout import Rollout, RolloutConfig, check_config, sample
+from prefopt.online.value import build_value_model, token_values
 
 _STATE_KEY = "prefopt_objective_state"
 
