@@ -30,21 +30,15 @@ Metrics: `ppo/clip_fraction` (share of tokens whose ratio was clipped), `ppo/app
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from prefopt.objective import (Advantages, Experience, LossOutput, Needs, ObjectiveConfig,
-                               OnlineLogps, OnlineObjective)
+                               OnlineLogps, OnlineObjective, ValueModel)
 from prefopt.rl import (KLEstimator, adaptive_kl_coef, explained_variance, gae, kl_estimate,
                         masked_mean, masked_whiten)
-
-
-class ValueModel(str, enum.Enum):
-    shared = "shared"
-    separate = "separate"
 
 
 def token_rewards(scores: torch.Tensor, token_kl: torch.Tensor | None, mask: torch.Tensor,
@@ -132,7 +126,7 @@ class PPO(OnlineObjective):
     def needs(self) -> Needs:
         c = self.config
         return Needs(reference=c.kl_coef > 0, token_logps=True, entropy=c.entropy_coef != 0,
-                     value_model=ValueModel(c.value_model).value)
+                     value_model=ValueModel(c.value_model))
 
     def schedule(self) -> tuple[int, int]:
         return self.config.epochs, self.config.minibatches
@@ -160,15 +154,16 @@ class PPO(OnlineObjective):
         tokens = mask.sum().clamp(min=1)
         entropy = inputs.entropy.sum() / tokens  # per-token mean entropy of π_θ
         loss = policy_loss + c.value_coef * value_loss - c.entropy_coef * entropy
-        log_ratio = (inputs.old_logps - inputs.logps).detach()
+        # k3 estimate of KL(π_old ‖ π_θ) on the samples of π_old (Schulman, 2020): π_old
+        # samples, π_θ plays the reference's part.
+        approx_kl = kl_estimate(inputs.old_logps, inputs.logps.detach(), KLEstimator.k3)
         mask_f = mask.float()
         metrics = {
             "ppo/policy_loss": policy_loss.detach(),
             "ppo/value_loss": value_loss.detach(),
             "ppo/clip_fraction": clipped.float().sum() / tokens,
             "ppo/value_clip_fraction": value_clipped.float().sum() / tokens,
-            # k3 estimate of KL(π_old ‖ π_θ) on the samples of π_old (Schulman, 2020).
-            "ppo/approx_kl": (torch.expm1(-log_ratio) + log_ratio).mul(mask_f).sum() / tokens,
+            "ppo/approx_kl": approx_kl.mul(mask_f).sum() / tokens,
             "ppo/ratio": (ratio.detach() * mask_f).sum() / tokens,
         }
         return LossOutput(loss, metrics)

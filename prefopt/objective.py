@@ -5,11 +5,18 @@ An objective is a subclass of `Objective` with
 - `Config`: a dataclass deriving from `ObjectiveConfig`; it is the objective's Hydra schema
   (group `objective`), so every field needs a type, a default and a docstring comment;
 - `batch_format`: which records it consumes (`BatchFormat`);
-- `needs(config)`: what the training module must compute for it (`Needs`);
+- `needs()`: what the training module must compute for it (`Needs`);
 - `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities.
 
 It is published under the entry-point group `prefopt.objectives`; the built-ins are
 registered there too (pyproject.toml), so there is one code path for both.
+
+`FORMATS` is the one table of what differs between batch formats: the record fields, whether
+`prefopt-train` feeds the format to an offline objective, how a batch's rows become the loss
+input of an objective on log-probs or of a reward model, which rows are the preferred and
+dispreferred ones, and which shared metrics an objective of the format must log. The
+training module, `prefopt-train` and the conformance kit all read it; none of them branches
+on a format by itself.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar, Mapping
 
 import torch
 
@@ -36,6 +43,14 @@ class BatchFormat(str, enum.Enum):
     PROMPTS = "prompts"  # {prompt}, for online RL
 
 
+class ValueModel(str, enum.Enum):
+    """Where an online objective's value function V(s_t) lives (lower-case member names:
+    Hydra reads an enum override by name, `objective.value_model=separate`)."""
+
+    shared = "shared"  # a head on the policy's own trunk
+    separate = "separate"  # a head on a copy of the trunk, trained alongside
+
+
 @dataclass(frozen=True)
 class Needs:
     """What an objective asks the training module to provide."""
@@ -45,9 +60,13 @@ class Needs:
     entropy: bool = False  # per-token entropy with gradient (it is always logged, detached)
     mismatched_pairs: bool = False  # log-ratios of (prompt_i, completion_i+1): KL estimates
     reward_model: bool = False  # train a scalar-head reward model: loss() gets scores
-    # Online objectives (batch format `prompts`): a value head, on the policy's trunk
-    # ("shared") or on a copy of it ("separate"); None for none.
-    value_model: str | None = None
+    # Online objectives (batch format `prompts`): a value head, on the policy's trunk or on
+    # a copy of it; None for none.
+    value_model: ValueModel | None = None
+
+    def __post_init__(self):
+        if self.value_model is not None:  # a plain "shared" is accepted and normalised
+            object.__setattr__(self, "value_model", ValueModel(self.value_model))
 
 
 @dataclass
@@ -287,3 +306,171 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         "rewards/margins": chosen_rewards - rejected_rewards,
         "rewards/accuracies": accuracy,
     }
+
+
+# -- the table of batch formats --------------------------------------------------------
+
+@dataclass
+class Rows:
+    """One collated batch as a format's builders see it: the rows that go through the
+    model (the mismatched KL rows of unpaired batches excluded) and the batch itself.
+
+    `slot` says which completion of its prompt a row is (chosen 0, rejected 1 for pairs),
+    `group` which prompt, `ranks` how good (ranked records; lower is better)."""
+
+    slot: torch.Tensor  # [R]
+    group: torch.Tensor  # [R] in [0, G)
+    ranks: torch.Tensor  # [R]
+    batch: Mapping[str, torch.Tensor]  # the collated batch: labels, margins, attributes, ...
+
+
+@dataclass
+class AttributeScale:
+    """An attribute schema's names and ranges, for an attribute model's loss input."""
+
+    names: tuple[str, ...]
+    min: torch.Tensor  # [A]
+    scale: torch.Tensor  # [A] max - min
+
+
+# An objective on log-probs: (rows, Σ log π [R], token counts [R], Σ log π_ref [R] or None,
+# kl_ratio or None) -> its loss input.
+LogpsBuilder = Callable[[Rows, torch.Tensor, torch.Tensor, "torch.Tensor | None",
+                         "torch.Tensor | None"], object]
+# A reward model: (rows, head outputs [R, K], attribute scale or None) -> its loss input.
+ScoresBuilder = Callable[[Rows, torch.Tensor, "AttributeScale | None"], object]
+
+
+def _pairwise_logps(rows, logps, tokens, ref, kl_ratio):
+    c, r = rows.slot == 0, rows.slot == 1
+    return PairwiseLogps(chosen=logps[c], rejected=logps[r], chosen_tokens=tokens[c],
+                         rejected_tokens=tokens[r],
+                         ref_chosen=ref[c] if ref is not None else None,
+                         ref_rejected=ref[r] if ref is not None else None)
+
+
+def _unpaired_logps(rows, logps, tokens, ref, kl_ratio):
+    return UnpairedLogps(logps, tokens, rows.batch["labels"], ref, kl_ratio)
+
+
+def _ranked_logps(rows, logps, tokens, ref, kl_ratio):
+    return RankedLogps(logps, tokens, rows.ranks, rows.group, ref)
+
+
+def _response_logps(rows, logps, tokens, ref, kl_ratio):
+    return ResponseLogps(logps, tokens, ref)
+
+
+def _pairwise_scores(rows, outputs, attributes):
+    scores = outputs[:, 0]
+    return PairwiseScores(scores[rows.slot == 0], scores[rows.slot == 1], rows.batch["margins"])
+
+
+def _ranked_scores(rows, outputs, attributes):
+    return RankedScores(outputs[:, 0], rows.ranks, rows.group)
+
+
+def _attribute_scores(rows, outputs, attributes):
+    if attributes is None:
+        raise ValueError("an attribute model needs the attribute schema (schema=...)")
+    if outputs.shape[-1] != len(attributes.names):
+        raise ValueError(f"the model has {outputs.shape[-1]} outputs, but the attribute "
+                         f"schema has {len(attributes.names)} attributes")
+    values = rows.batch["attributes"]
+    present = ~torch.isnan(values)
+    targets = (values.nan_to_num(0.0) - attributes.min) / attributes.scale
+    return AttributeScores(outputs, targets, present, attributes.names, attributes.scale)
+
+
+def _chosen_and_rejected(rows):
+    return rows.slot == 0, rows.slot == 1
+
+
+def _by_label(rows):
+    labels = rows.batch["labels"][rows.group]
+    return labels, ~labels
+
+
+def _best_and_worst_ranked(rows):
+    ranks, group = rows.ranks, rows.group
+    n = int(group.max()) + 1
+    top = torch.full((n,), torch.iinfo(ranks.dtype).max, dtype=ranks.dtype,
+                     device=ranks.device).scatter_reduce(0, group, ranks, "amin")
+    bottom = torch.full_like(top, torch.iinfo(ranks.dtype).min).scatter_reduce(
+        0, group, ranks, "amax")
+    return ranks == top[group], ranks == bottom[group]
+
+
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                      "rewards/accuracies")
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """What prefopt does differently for one batch format."""
+
+    fields: tuple[str, ...]  # the record's fields (TRL's names where TRL has the format)
+    # `prefopt-train` feeds it to offline objectives (prompts go to the online loop).
+    fed: bool
+    # Loss input of an objective on log-probs; None where the offline module feeds none.
+    logps: LogpsBuilder | None = None
+    # Loss input of a reward model (needs().reward_model); None: no reward model is trained
+    # on the format.
+    scores: ScoresBuilder | None = None
+    # Row masks of the preferred and dispreferred completions, for `logps/chosen` and
+    # `logps/rejected`; None: the rows are not ranked, `logps/response` is logged instead.
+    best_and_worst: Callable[[Rows], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # The module can add kl_ratio, from mismatched (prompt_i, completion_i+1) rows.
+    mismatched_pairs: bool = False
+    # Shared metrics an objective of the format must log (the conformance kit checks them).
+    # Unpaired: a batch may lack a class, and with it chosen/rejected rewards and margins.
+    required_metrics: tuple[str, ...] = ()
+
+    @property
+    def attributed(self) -> bool:
+        """Records carry attributes: the run needs their schema."""
+        return "attributes" in self.fields
+
+
+FORMATS: dict[BatchFormat, FormatSpec] = {
+    BatchFormat.PAIRWISE: FormatSpec(
+        ("prompt", "chosen", "rejected"), fed=True, logps=_pairwise_logps,
+        scores=_pairwise_scores, best_and_worst=_chosen_and_rejected,
+        required_metrics=PREFERENCE_METRICS),
+    BatchFormat.UNPAIRED: FormatSpec(
+        ("prompt", "completion", "label"), fed=True, logps=_unpaired_logps,
+        best_and_worst=_by_label, mismatched_pairs=True,
+        required_metrics=("rewards/accuracies",)),
+    BatchFormat.RANKED: FormatSpec(
+        ("prompt", "completions", "ranks"), fed=True, logps=_ranked_logps,
+        scores=_ranked_scores, best_and_worst=_best_and_worst_ranked,
+        required_metrics=PREFERENCE_METRICS),
+    BatchFormat.ATTRIBUTED: FormatSpec(
+        ("prompt", "response", "attributes"), fed=True, logps=_response_logps,
+        scores=_attribute_scores),
+    BatchFormat.PROMPTS: FormatSpec(("prompt",), fed=False),
+}
+
+FED_FORMATS = tuple(fmt for fmt, spec in FORMATS.items() if spec.fed)
+
+
+def unfeedable(objective: Objective) -> str | None:
+    """Why the offline module cannot serve `objective` (None if it can): read once, before
+    training, by `prefopt-train` and by the conformance kit."""
+    fmt, needs = objective.batch_format, objective.needs()
+    spec = FORMATS[fmt]
+    if not spec.fed:
+        return (f"it consumes {fmt.value} records; prefopt-train feeds "
+                f"{', '.join(f.value for f in FED_FORMATS)} records to offline objectives")
+    if needs.reward_model and spec.scores is None:
+        scored = [f.value for f, s in FORMATS.items() if s.scores is not None]
+        return (f"it trains a reward model on {fmt.value} records; reward models are trained "
+                f"on {', '.join(scored)} records")
+    if needs.mismatched_pairs and not spec.mismatched_pairs:
+        carried = [f.value for f, s in FORMATS.items() if s.mismatched_pairs]
+        return (f"it asks for mismatched_pairs, which only {', '.join(carried)} batches "
+                "carry")
+    if needs.mismatched_pairs and not needs.reference:
+        return ("it asks for mismatched_pairs (kl_ratio, a mean of log π/π_ref) without a "
+                "reference model (needs().reference)")
+    return None

@@ -477,7 +477,8 @@ def _models(reward_head: bool, num_labels: int = 1) -> tuple[torch.nn.Module, to
 
 
 def _module(policy, reference, objective: Objective):
-    from prefopt.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+    from prefopt.training.module import PreferenceModule
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
     # prefopt-train hands the module the schema of attributed records (prefopt.train.build).
     schema = _schema() if objective.batch_format == BatchFormat.ATTRIBUTED else None

@@ -19,7 +19,8 @@ from job import prepare
 from prefopt import registry
 from prefopt.data.collate import collate_groups
 from prefopt.data.tokenize import EncodedGroup
-from prefopt.training.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+from prefopt.training.module import PreferenceModule
+from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
 PAD_ID = 0
 

@@ -22,30 +22,31 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.collate import ROW_KEYS
-from prefopt.training.module import PreferenceModule
-from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective
+from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective, ValueModel
 from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
-from prefopt.rl import KLEstimator, kl_estimate
 from prefopt.online.rollout import Rollout, RolloutConfig, check_config, sample
 from prefopt.online.value import build_value_model, token_values
+from prefopt.rl import KLEstimator, kl_estimate
+from prefopt.training import optim
+from prefopt.training.policy import PolicyModule
 
 _STATE_KEY = "prefopt_objective_state"
 
 
-class OnlineModule(PreferenceModule):
+class OnlineModule(PolicyModule):
     def __init__(self, policy, reference, objective: OnlineObjective, optimizer, scheduler,
                  tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
                  seed: int = 0, missing_eos_penalty: float | None = None):
         if not isinstance(objective, OnlineObjective):
             raise TypeError(f"OnlineModule hosts OnlineObjective subclasses, got "
                             f"{type(objective).__name__}")
+        # Log-probs at the sampling temperature: those of what was sampled.
         super().__init__(policy, reference, objective, optimizer, scheduler,
-                         logprob_impl=logprob_impl)
+                         logprob_impl=logprob_impl, temperature=rollout.temperature)
         check_config(rollout)
         if not self.needs.token_logps:
             raise ValueError(f"objective '{objective.config.name}': online objectives work "
                              "on per-token log-probs; declare needs().token_logps")
-        self.temperature = rollout.temperature  # log-probs of what was sampled
         self.automatic_optimization = False
         self.tokenizer, self.reward, self.rollout_cfg = tokenizer, reward, rollout
         self.seed, self.missing_eos_penalty = seed, missing_eos_penalty
@@ -65,12 +66,15 @@ class OnlineModule(PreferenceModule):
 
     # -- rollouts ----------------------------------------------------------------------
 
+    def _step_seed(self) -> int:
+        """The random seed of this optimizer step's sampling and shuffling: it depends on
+        (seed, step) only, so a resumed run draws what an uninterrupted one would."""
+        return self.seed * 1_000_003 + self.global_step
+
     def _sample(self, batch: dict, greedy: bool) -> Rollout:
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            # Sampling depends on (seed, step) only: a resumed run draws what an
-            # uninterrupted one would, and no other random state is disturbed.
-            torch.manual_seed(self.seed * 1_000_003 + self.global_step)
+        with torch.random.fork_rng(devices=devices):  # no other random state disturbed
+            torch.manual_seed(self._step_seed())
             return sample(self.policy, self.tokenizer, batch["prompts"], batch["prompt_ids"],
                           self.rollout_cfg, greedy=greedy)
 
@@ -85,7 +89,7 @@ class OnlineModule(PreferenceModule):
         """Token log-probs, entropy and values of the policy on `rows`: the one code path
         of both the Experience (no grad) and the loss (grad), so that they agree bitwise."""
         out = self._logps(self.policy, rows, grad=grad,
-                          keep_hidden=self.needs.value_model == "shared")
+                          keep_hidden=self.needs.value_model == ValueModel.shared)
         values = None
         if self.value_model is not None:
             with torch.set_grad_enabled(grad):
@@ -101,8 +105,7 @@ class OnlineModule(PreferenceModule):
                              f"minibatches of a rollout of {n_rows} completions")
         out = []
         for epoch in range(epochs):
-            generator = torch.Generator().manual_seed(
-                (self.seed * 1_000_003 + self.global_step) * 101 + epoch)
+            generator = torch.Generator().manual_seed(self._step_seed() * 101 + epoch)
             order = torch.randperm(n_rows, generator=generator).to(self.device)
             out.append(list(order.tensor_split(n_minibatches)))
         return out
@@ -164,7 +167,8 @@ class OnlineModule(PreferenceModule):
                 out = self.objective.loss(self.loss_inputs_online(rollout, rows, experience,
                                                                   advantages))
                 self.manual_backward(out.loss)  # onto no gradients: freed after each step
-                self.clip_all(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+                optim.clip_gradients(self, optimizer, self.gradient_clip_val,
+                                     self.gradient_clip_algorithm)
                 optimizer.step()
                 scheduler.step()
                 # Freed now, not at the next minibatch: no gradients held through the
@@ -182,7 +186,7 @@ class OnlineModule(PreferenceModule):
         n_tokens = max(int(experience.mask.sum()), 1)
         loss = metrics.pop("loss", None)
         metrics = {"loss": loss, **metrics} if loss is not None else metrics
-        self._log(metrics, "train", {"entropy": n_tokens}, len(batch["prompts"]), loss)
+        self._log(metrics, "train", {"entropy": n_tokens}, len(batch["prompts"]))
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=1)
 
@@ -207,7 +211,7 @@ class OnlineModule(PreferenceModule):
         raw = self._score(rollout)
         self._log({"reward/mean": raw, "response/length": rollout.lengths.float(),
                    "response/ended": rollout.ended.float()}, "val", {},
-                  len(batch["prompts"]), None)
+                  len(batch["prompts"]))
 
     # -- state -------------------------------------------------------------------------
 

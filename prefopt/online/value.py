@@ -14,6 +14,7 @@ import copy
 import torch
 
 from prefopt.models import base_model
+from prefopt.objective import ValueModel
 
 
 class ValueHead(torch.nn.Module):
@@ -48,14 +49,13 @@ class SeparateValueModel(torch.nn.Module):
         return self.head(hidden)
 
 
-def build_value_model(kind: str | None, policy) -> torch.nn.Module | None:
+def build_value_model(kind: ValueModel | None, policy) -> torch.nn.Module | None:
+    """The value model an objective's `needs().value_model` asks for (None: none)."""
     if kind is None:
         return None
-    if kind == "shared":
+    if ValueModel(kind) == ValueModel.shared:
         return ValueHead(base_model(policy).config.hidden_size)
-    if kind == "separate":
-        return SeparateValueModel(policy)
-    raise ValueError(f"value model must be 'shared' or 'separate', got {kind!r}")
+    return SeparateValueModel(policy)
 
 
 def token_values(value_model, batch: dict[str, torch.Tensor], hidden: torch.Tensor | None

@@ -11,16 +11,16 @@ from omegaconf import DictConfig
 
 from prefopt import registry
 from prefopt.online import rewards
-from prefopt.training.config import register_schema
+from prefopt.training.config import ConfigError, register_schema
 from prefopt.data.records import RecordError
-from prefopt.training.module import NonFiniteError
+from prefopt.training.metrics import NonFiniteError
 from prefopt.online.rewards import RewardError
 
 log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
-_USER_ERRORS = (RecordError, registry.PluginError, NonFiniteError, FileNotFoundError,
-                RewardError)
+_USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
+                FileNotFoundError, RewardError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")

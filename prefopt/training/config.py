@@ -17,9 +17,14 @@ from omegaconf import MISSING
 
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
-from prefopt.training.module import OptimizerConfig, SchedulerConfig
+from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 from prefopt.online.rewards import RewardConfig
 from prefopt.online.rollout import RolloutConfig
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together (e.g. reference=cached for an objective that
+    samples its completions); the message names the setting and the fix."""
 
 
 class ProgressBar(str, enum.Enum):

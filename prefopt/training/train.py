@@ -21,24 +21,21 @@ from rich.table import Table
 
 from prefopt import reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
-from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.data.prompts import PromptDataModule
-from prefopt.training.module import PreferenceModule
-from prefopt.objective import BatchFormat, OnlineObjective
+from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
+from prefopt.objective import FORMATS, Needs, Objective, OnlineObjective, unfeedable
 from prefopt.online.module import OnlineModule
 from prefopt.online.rewards import build_reward
+from prefopt.training.config import ConfigError
+from prefopt.training.module import PreferenceModule
 from prefopt.training.plots import plot_curves
 from prefopt.training.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
-FED_FORMATS = (BatchFormat.PAIRWISE, BatchFormat.UNPAIRED, BatchFormat.RANKED,
-               BatchFormat.ATTRIBUTED)
 SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "val/kl",
                 "val/logps/chosen", "val/logps/rejected", "val/logps/response", "val/entropy",
                 "val/reward/mean", "val/response/length", "val/response/ended")
-
-
 
 
 def _quiet_expected_warnings() -> None:
@@ -56,30 +53,39 @@ def _write_json(path: Path, payload) -> None:
 def build(cfg: DictConfig):
     """(module, datamodule, tokenizer) for a composed config."""
     objective = registry.build(OmegaConf.to_object(cfg.objective))
-    needs = objective.needs()
-    if objective.batch_format == BatchFormat.PROMPTS:
-        return _build_online(cfg, objective, needs)
-    if objective.batch_format not in FED_FORMATS:
-        raise registry.PluginError(
-            f"objective '{objective.config.name}' consumes {objective.batch_format.value} "
-            f"records; prefopt-train feeds {', '.join(f.value for f in FED_FORMATS)}")
-    _check_feedable(objective, needs)
+    if FORMATS[objective.batch_format].fed:
+        return _build_offline(cfg, objective)
+    return _build_online(cfg, objective)
+
+
+def _models(cfg: DictConfig, needs: Needs, reference: bool, num_labels: int = 1):
+    """(tokenizer, policy, reference or None) as `cfg.model` describes them. With LoRA the
+    reference is the policy with its adapters disabled: no copy is made."""
     model_cfg = OmegaConf.to_object(cfg.model)
-    data_cfg = OmegaConf.to_object(cfg.data)
     tokenizer = build_tokenizer(model_cfg)
-    # Attributed records: a SteerLM policy reads the attribute line; an attribute model
-    # (reward head, one output per attribute) predicts the values instead.
-    schema = attribute_schema(data_cfg) \
-        if objective.batch_format == BatchFormat.ATTRIBUTED else None
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model,
-                          num_labels=len(schema) if schema and needs.reward_model else 1)
+                          num_labels=num_labels)
+    frozen = make_reference(policy) if reference and not uses_lora(policy) else None
+    return tokenizer, policy, frozen
+
+
+def _build_offline(cfg: DictConfig, objective: Objective):
+    """An offline objective: recorded batches of its format."""
+    needs, fmt = objective.needs(), objective.batch_format
+    reason = unfeedable(objective)
+    if reason:
+        raise registry.PluginError(f"objective '{objective.config.name}': {reason}")
     cached = cfg.reference == "cached"
     if cached:
         _check_cacheable(objective, needs)
-    # LoRA: the reference is the policy with adapters disabled (PreferenceModule).
-    reference = make_reference(policy) \
-        if needs.reference and not cached and not uses_lora(policy) else None
-    datamodule = PreferenceDataModule(data_cfg, tokenizer, fmt=objective.batch_format.value,
+    data_cfg = OmegaConf.to_object(cfg.data)
+    # Attributed records: a SteerLM policy reads the attribute line; an attribute model
+    # (reward head, one output per attribute) predicts the values instead.
+    schema = attribute_schema(data_cfg) if FORMATS[fmt].attributed else None
+    tokenizer, policy, reference = _models(
+        cfg, needs, reference=needs.reference and not cached,
+        num_labels=len(schema) if schema and needs.reward_model else 1)
+    datamodule = PreferenceDataModule(data_cfg, tokenizer, fmt=fmt.value,
                                       mismatched=needs.mismatched_pairs, seed=cfg.seed,
                                       condition=not needs.reward_model)
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
@@ -88,22 +94,20 @@ def build(cfg: DictConfig):
     return module, datamodule, tokenizer
 
 
-def _build_online(cfg: DictConfig, objective, needs):
+def _build_online(cfg: DictConfig, objective: Objective):
     """An online objective (prompts in, samples scored by the reward source)."""
-    name = objective.config.name
+    name, needs = objective.config.name, objective.needs()
     if not isinstance(objective, OnlineObjective):
-        raise registry.PluginError(f"objective '{name}' consumes prompts, which only "
-                                   "online objectives (subclasses of OnlineObjective) can")
+        raise registry.PluginError(f"objective '{name}' consumes "
+                                   f"{objective.batch_format.value}, which only online "
+                                   "objectives (subclasses of OnlineObjective) can")
     if cfg.reference == "cached":
-        raise registry.PluginError(f"reference=cached cannot serve objective '{name}': it "
-                                   "samples new completions at every step; use reference=model")
+        raise ConfigError(f"reference=cached cannot serve objective '{name}': it samples new "
+                          "completions at every step; use reference=model")
     if needs.reward_model:
         raise registry.PluginError(f"objective '{name}': an online objective trains a policy, "
                                    "not a reward model")
-    model_cfg = OmegaConf.to_object(cfg.model)
-    tokenizer = build_tokenizer(model_cfg)
-    policy = build_policy(model_cfg, tokenizer)
-    reference = make_reference(policy) if needs.reference and not uses_lora(policy) else None
+    tokenizer, policy, reference = _models(cfg, needs, reference=needs.reference)
     reward_cfg = OmegaConf.to_object(cfg.reward)
     rollout_cfg = OmegaConf.to_object(cfg.rollout)
     reward = build_reward(reward_cfg)
@@ -136,25 +140,13 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         return _fit(cfg, out, module, datamodule, tokenizer)
 
 
-def _check_feedable(objective, needs) -> None:
-    """Needs the module cannot serve: refused here, not discovered mid-step."""
-    name = objective.config.name
-    if needs.reward_model and objective.batch_format == BatchFormat.UNPAIRED:
-        raise registry.PluginError(f"objective '{name}': a reward model scores pairs or "
-                                   "rankings; prefopt-train has no loss input for a reward "
-                                   "model on unpaired records")
-    if needs.mismatched_pairs and not needs.reference:
-        raise registry.PluginError(f"objective '{name}' asks for mismatched_pairs (a KL "
-                                   "estimate against the reference) without a reference")
-
-
 def _check_cacheable(objective, needs) -> None:
     name = objective.config.name
     if not needs.reference:
-        raise registry.PluginError(f"reference=cached: objective '{name}' uses no reference "
-                                   "model; drop the option")
+        raise ConfigError(f"reference=cached: objective '{name}' uses no reference model; "
+                          "drop the option")
     if needs.mismatched_pairs:
-        raise registry.PluginError(
+        raise ConfigError(
             f"reference=cached cannot serve objective '{name}': its KL estimate pairs "
             "completions across a batch, and batches change with every shuffle; use "
             "reference=model")
@@ -205,7 +197,7 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
     # a step: saving them as policy/ would write a wrong model.
     if cfg.export_policy and (isinstance(trainer.strategy, pl.strategies.FSDPStrategy)
                               or getattr(trainer.strategy, "zero_stage_3", False)):
-        raise registry.PluginError(
+        raise ConfigError(
             f"export_policy=true with trainer.strategy={cfg.trainer.get('strategy')}: "
             "prefopt-train cannot save policy/ from sharded parameters yet; set "
             "export_policy=false and export from the checkpoints")
@@ -226,8 +218,9 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
         if cfg.export_policy:
             exportable(module.policy).save_pretrained(out / "policy")
             tokenizer.save_pretrained(out / "policy")
-            if module.schema is not None:  # prefopt-generate / prefopt-label read it
-                module.schema.save(out / "policy")
+            schema = getattr(module, "schema", None)  # attributed records only
+            if schema is not None:  # prefopt-generate / prefopt-label read it
+                schema.save(out / "policy")
         _write_json(out / "summary.json", {"start": start, "end": end,
                                            "steps": trainer.global_step})
         for logger in trainer.loggers:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from prefopt.training.metrics import local_means, reduce_across_devices
+
 HERE = Path(__file__).resolve()
 BIN = Path(sys.executable).parent
 WORLD = 2
@@ -45,7 +47,8 @@ def _module(name: str):
     """A PreferenceModule on the tiny policy (moved off its reference, so rewards are not
     all 0) and its reference, identical in every process: built from fixed seeds."""
     from prefopt import testing
-    from prefopt.training.module import OptimizerConfig, PreferenceModule, SchedulerConfig
+    from prefopt.training.module import PreferenceModule
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
     objective = _objective(name)
     reference, template = testing._models(reward_head=False)
@@ -153,7 +156,7 @@ def _rank(rank: int, out: Path) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from prefopt.training.module import NonFiniteError
+    from prefopt.training.metrics import NonFiniteError
 
     torch.set_num_threads(1)
     # A file rendezvous: no TCP port to choose, which could clash with another run.
@@ -180,14 +183,15 @@ def _rank(rank: int, out: Path) -> None:
     else:
         metrics = {"a": torch.tensor([4.0]), "c": torch.tensor([7.0, 9.0]),
                    "d": torch.tensor(3.0)}
-    reduced = module._metrics_across_devices(metrics, {"d": 6}, 3 + rank, "val")
+    reduced = reduce_across_devices(local_means(metrics, {"d": 6}, 3 + rank), [],
+                                    module._trainer, module.device)
     results["reduced"] = {k: (float(v), w) for k, (v, w) in reduced.items()}
 
     # A NaN on rank 1 only: every rank must stop, none left waiting in a collective.
     logged = _recording(module)
     loss = torch.tensor(float("nan") if rank == 1 else 0.5)
     try:
-        module._log({"loss": loss, "x": torch.tensor([1.0, 2.0])}, "train", {}, 2, loss)
+        module._log({"loss": loss, "x": torch.tensor([1.0, 2.0])}, "train", {}, 2)
         results["non_finite"] = None
     except NonFiniteError as exc:
         results["non_finite"] = str(exc)
@@ -273,9 +277,9 @@ def test_non_finite_on_one_rank_stops_every_rank(ranks):
 
 
 def test_one_process_weights_per_value_scalar_and_given():
-    reduced = _module("dpo")._metrics_across_devices(
+    reduced = reduce_across_devices(local_means(
         {"loss": torch.tensor(0.5), "v": torch.tensor([1.0, 2.0, 6.0]),
-         "entropy": torch.tensor(2.0)}, {"entropy": 40}, 5, "val")
+         "entropy": torch.tensor(2.0)}, {"entropy": 40}, 5), [], None, torch.device("cpu"))
     assert {k: (float(v), w) for k, (v, w) in reduced.items()} == {
         "loss": (0.5, 5), "v": (3.0, 3), "entropy": (2.0, 40)}
 
@@ -333,6 +337,7 @@ def test_export_with_sharded_parameters_is_refused(compose, monkeypatch, tmp_pat
     strategy shards parameters as DeepSpeed ZeRO-3 does."""
     from prefopt import registry
     from prefopt.training import train
+    from prefopt.training.config import ConfigError
 
     class Trainer:
         def __init__(self, **_):
@@ -343,7 +348,7 @@ def test_export_with_sharded_parameters_is_refused(compose, monkeypatch, tmp_pat
         objective=types.SimpleNamespace(monitor=("rewards/accuracies", "max")),
         automatic_optimization=True)
     cfg = compose("trainer=deepspeed", "trainer.strategy=deepspeed_stage_3")
-    with pytest.raises(registry.PluginError, match="cannot save policy/ from sharded"):
+    with pytest.raises(ConfigError, match="cannot save policy/ from sharded"):
         train._fit(cfg, tmp_path, module, None, None)
 
 

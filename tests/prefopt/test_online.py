@@ -143,9 +143,9 @@ def test_reward_model_as_the_reward_source(compose, fast_overrides, tmp_path):
 
 
 def test_online_objectives_refuse_a_cached_reference(compose):
-    from prefopt.registry import PluginError
+    from prefopt.training.config import ConfigError
 
-    with pytest.raises(PluginError, match="reference=cached cannot serve objective 'ppo'"):
+    with pytest.raises(ConfigError, match="reference=cached cannot serve objective 'ppo'"):
         build(compose("objective=ppo", "reference=cached"))
 
 

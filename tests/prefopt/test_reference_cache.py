@@ -61,10 +61,10 @@ def test_key_covers_tokenizer_model_and_data(tokenizer):
 @pytest.mark.parametrize("objective,message", [("kto", "pairs completions across a batch"),
                                                ("reward_bt", "uses no reference model")])
 def test_objectives_that_cannot_use_a_cache(compose, objective, message):
-    from prefopt.registry import PluginError
+    from prefopt.training.config import ConfigError
     from prefopt.training.train import build
 
-    with pytest.raises(PluginError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build(compose(f"objective={objective}", "reference=cached"))
 
 

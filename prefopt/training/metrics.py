@@ -1,0 +1,122 @@
+"""A step's metrics: means over every device, weighted right, checked for finiteness.
+
+Both training modules log through `MetricLog`: the objective's metrics (per-example
+tensors or scalars) become one mean per name over the global batch, a NaN on any device
+stops every device together, and Lightning gets values it only has to record.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import pytorch_lightning as pl
+import torch
+
+# Shown in the progress bar; the rest goes to the loggers only.
+PROGRESS_BAR_METRICS = ("loss", "rewards/accuracies")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or metric became NaN or infinite; training cannot go on meaningfully."""
+
+
+def local_means(metrics: Mapping[str, torch.Tensor], weights: Mapping[str, int],
+                n_groups: int) -> dict[str, tuple[torch.Tensor, int]]:
+    """{name: (mean, weight)} on this device.
+
+    A metric's weight is `weights[name]` where given (entropy: its tokens); else, for a
+    tensor of values (per pair, example or completion), their number, so that the mean is
+    that over all values of the global batch; else (a scalar, e.g. the loss, a mean over
+    the batch's examples) the number of prompts.
+    """
+    return {name: (value.detach().float().mean(),
+                   int(weights.get(name, value.numel() if value.ndim > 0 else n_groups)))
+            for name, value in metrics.items()}
+
+
+def reduce_across_devices(local: dict[str, tuple[torch.Tensor, int]], known: list[str],
+                          trainer: pl.Trainer | None, device: torch.device
+                          ) -> dict[str, tuple[torch.Tensor, int]]:
+    """{name: (mean, weight)} over the batches of all devices: Σ mean·weight / Σ weight,
+    one all-reduce of sums per step (more only when a device sees a new name).
+
+    Lightning's sync_dist cannot replace it: it averages step (train/) values unweighted,
+    and on gloo it averages epoch values' summed weights across devices in their integer
+    dtype, truncating them (docs/distributed.md).
+
+    Devices may log different metrics (a batch without an undesirable example has no
+    rewards/rejected), but an all-reduce needs one layout: `known` holds every name seen
+    so far on any device, in the order first seen (rank 0's first: the loss leads), and is
+    extended in place, on every device alike, whenever a device sees a new one. Every device
+    then logs the same names in the same order, as Lightning's epoch-end sync requires.
+    """
+    if trainer is None or trainer.world_size <= 1:  # None: unit tests, conformance kit
+        return local
+    while True:
+        totals = _sums_across_devices(local, known, trainer, device)
+        flat = totals.tolist()  # one device sync
+        if flat[-1] == 0:  # no device saw a name outside `known`
+            break
+        names = [None] * trainer.world_size
+        torch.distributed.all_gather_object(names, list(local))
+        known += [name for name in dict.fromkeys(n for ns in names for n in ns)
+                  if name not in known]
+    return {name: ((totals[2 * i] / totals[2 * i + 1]).float(), round(flat[2 * i + 1]))
+            for i, name in enumerate(known) if flat[2 * i + 1] > 0}
+
+
+def _sums_across_devices(local: dict[str, tuple[torch.Tensor, int]], known: list[str],
+                         trainer: pl.Trainer, device: torch.device) -> torch.Tensor:
+    """[Σ mean·weight, Σ weight] for each name of `known` (0, 0 where a device lacks it),
+    then the number of devices with a name outside `known`; summed over devices."""
+    device = next(iter(local.values()))[0].device if local else device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    parts = []
+    for name in known:
+        mean, weight = local.get(name, (zero, 0))
+        parts += [mean.double() * weight, zero + weight]
+    parts.append(zero + any(name not in known for name in local))
+    return trainer.strategy.reduce(torch.stack(parts), reduce_op="sum")
+
+
+def check_finite(means: Mapping[str, torch.Tensor], stage: str, step: int) -> None:
+    """Stop on the first NaN or infinite mean, naming it (the loss comes first)."""
+    values = torch.stack([v.float().mean() for v in means.values()])  # one device sync
+    if bool(torch.isfinite(values).all()):
+        return
+    for name, mean in zip(means, values):
+        if not torch.isfinite(mean):
+            raise NonFiniteError(
+                f"{stage}/{name} became {mean.item()} at step {step}; stopping. Try a lower "
+                "optimizer.lr, gradient clipping (trainer.gradient_clip_val) or "
+                "trainer.precision=32-true.")
+
+
+class MetricLog:
+    """Logs a module's metrics under `train/` or `val/`, the same on every device."""
+
+    def __init__(self):
+        self.known: dict[str, list[str]] = {}  # per stage: names agreed across devices
+
+    def log(self, module: pl.LightningModule, metrics: Mapping[str, torch.Tensor], stage: str,
+            weights: Mapping[str, int], n_groups: int) -> None:
+        # A batch may hold no example of a kind (e.g. no undesirable completion): skip the
+        # metric for this batch rather than log the NaN of an empty mean.
+        metrics = {k: v for k, v in metrics.items() if v.numel() > 0}
+        # Means over every device, so that a NaN on one device stops all of them together
+        # (one stopping alone would leave the others waiting in a collective).
+        reduced = reduce_across_devices(local_means(metrics, weights, n_groups),
+                                        self.known.setdefault(stage, []), module._trainer,
+                                        module.device)
+        check_finite({name: mean for name, (mean, _) in reduced.items()}, stage,
+                     module.global_step)
+        on_step = stage == "train"
+        for name, (mean, weight) in reduced.items():
+            # Already the global batch's value on every device: train/ values are those of
+            # the whole step, and Lightning's epoch average of val/ ones, weighted by each
+            # batch's global weight, is the mean over the whole validation set. sync_dist
+            # then changes nothing (equal values on every device); it only spares
+            # Lightning's warning about unsynced epoch metrics.
+            module.log(f"{stage}/{name}", mean, batch_size=weight, on_step=on_step,
+                       on_epoch=not on_step, sync_dist=not on_step,
+                       prog_bar=name in PROGRESS_BAR_METRICS)
