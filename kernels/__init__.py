@@ -11,6 +11,17 @@ the entropy too. Rows whose target is `ignore_index` give 0 and no gradient.
 
 `impl`: "triton" (CUDA, or the Triton interpreter with TRITON_INTERPRET=1), "torch" (the
 chunked fp32 reference: anywhere), or "auto" (Triton on CUDA, torch elsewhere).
+
+Files (this one: the API, input checks and the choice of implementation):
+
+    reference.py        the torch path, `token_logprobs_torch`, and the formulas
+    triton_logprobs.py  the Triton path's entry point: `token_logprobs_triton`,
+                        `LaunchOptions`, the autograd Function, FP32_DW_ACCUMULATION
+    triton_forward.py   forward kernel: online log-sum-exp, entropy, target logit
+    triton_backward.py  backward: the dz kernel, then dW and dh by cuBLAS GEMMs, in chunks
+    triton_tiles.py     the logits tile both Triton kernels compute
+    autotune.py         launch configuration: autotuner configs and their filter, explicit
+                        block sizes (overrides, interpreter), the forward's split count
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ import triton.language.standard
 from prefopt.kernels import token_logprobs
 
 MODULE = "prefopt.kernels.triton_logprobs"
+# The Triton modules in import order, MODULE last: each takes INTERPRETED and the kernels
+# it calls from those before it, so a stale import is reloaded as a whole, in this order.
+KERNEL_MODULES = [*(f"prefopt.kernels.{name}" for name in
+                    ("triton_tiles", "autotune", "triton_forward", "triton_backward")),
+                  MODULE]
 ROOT = Path(__file__).resolve().parents[2]
 _CHILD_FLAG = "PREFOPT_INTERPRETER_CHILD"
 
@@ -67,7 +72,8 @@ def test_under_the_interpreter(tmp_path):
 def tl_module():
     module = importlib.import_module(MODULE)
     if not module.INTERPRETED:  # imported by an earlier test before the env var was set
-        module = importlib.reload(module)
+        for name in KERNEL_MODULES:  # reload() updates `module` in place
+            importlib.reload(importlib.import_module(name))
     assert module.INTERPRETED
     return module
 
