@@ -14,7 +14,7 @@
   ties it is Bradley–Terry.
 
 A trained reward model is exported like a policy (`<output_dir>/policy`);
-`prefopt.reward.RewardScorer.load(path)` loads it and scores (prompt, completion) pairs.
+`prefopt.steer.scorer.RewardScorer.load(path)` loads it and scores (prompt, completion) pairs.
 """
 
 from __future__ import annotations

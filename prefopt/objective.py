@@ -425,6 +425,8 @@ class FormatSpec:
     # Shared metrics an objective of the format must log (the conformance kit checks them).
     # Unpaired: a batch may lack a class, and with it chosen/rejected rewards and margins.
     required_metrics: tuple[str, ...] = ()
+    # Where a plugin finds a function that computes them.
+    metrics_helper: str = ""
 
     @property
     def attributed(self) -> bool:
@@ -436,7 +438,8 @@ FORMATS: dict[BatchFormat, FormatSpec] = {
     BatchFormat.PAIRWISE: FormatSpec(
         ("prompt", "chosen", "rejected"), fed=True, logps=_pairwise_logps,
         scores=_pairwise_scores, best_and_worst=_chosen_and_rejected,
-        required_metrics=PREFERENCE_METRICS),
+        required_metrics=PREFERENCE_METRICS,
+        metrics_helper="prefopt.objective.preference_metrics"),
     BatchFormat.UNPAIRED: FormatSpec(
         ("prompt", "completion", "label"), fed=True, logps=_unpaired_logps,
         best_and_worst=_by_label, mismatched_pairs=True,
@@ -444,7 +447,8 @@ FORMATS: dict[BatchFormat, FormatSpec] = {
     BatchFormat.RANKED: FormatSpec(
         ("prompt", "completions", "ranks"), fed=True, logps=_ranked_logps,
         scores=_ranked_scores, best_and_worst=_best_and_worst_ranked,
-        required_metrics=PREFERENCE_METRICS),
+        required_metrics=PREFERENCE_METRICS,
+        metrics_helper="prefopt.plugins.kwise.ranking_metrics"),
     BatchFormat.ATTRIBUTED: FormatSpec(
         ("prompt", "response", "attributes"), fed=True, logps=_response_logps,
         scores=_attribute_scores),

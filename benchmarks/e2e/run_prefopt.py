@@ -1,6 +1,6 @@
 """One benchmark run of prefopt: PreferenceModule with the DPO plugin under Lightning.
 
-The module, objective, optimizer and log-prob path are built as `prefopt.train.build`
+The module, objective, optimizer and log-prob path are built as `prefopt.training.train.build`
 builds them for `prefopt-train objective=dpo`; only the data comes ready-made (the
 benchmark's random pairs, collated by prefopt's own collate_groups) and the model has a
 published model's shape.

@@ -51,7 +51,7 @@ class OnlineModule(PolicyModule):
         self.tokenizer, self.reward, self.rollout_cfg = tokenizer, reward, rollout
         self.seed, self.missing_eos_penalty = seed, missing_eos_penalty
         self.value_model = build_value_model(self.needs.value_model, policy)
-        # Set from trainer.gradient_clip_val by prefopt.train: Lightning refuses automatic
+        # Set from trainer.gradient_clip_val by prefopt.training.train: Lightning refuses automatic
         # clipping under manual optimisation, so the module clips each step itself.
         self.gradient_clip_val: float | None = None
         self.gradient_clip_algorithm = "norm"

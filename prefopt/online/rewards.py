@@ -85,7 +85,7 @@ class FunctionReward:
 
 
 class ModelReward:
-    """A trained scalar reward model (prefopt.reward.RewardScorer)."""
+    """A trained scalar reward model (prefopt.steer.scorer.RewardScorer)."""
 
     def __init__(self, path: str, batch_size: int):
         from prefopt.steer.scorer import RewardScorer
