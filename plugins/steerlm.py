@@ -3,7 +3,7 @@
 - `steerlm` (Dong et al. 2023, "SteerLM: Attribute Conditioned SFT as an (User-Steerable)
   Alternative to RLHF", arXiv:2310.05344): supervised training on responses y labelled
   with attribute values a, written into the assistant turn before the response
-  (`quality:4,order:1,length:3`, see prefopt.steer.attributes). The loss is the negative
+  (`quality:4,order:1,length:3`, see prefopt.data.attributes). The loss is the negative
   log-likelihood of the response tokens only, the attribute line being context:
 
       L = - Σ_i Σ_t log π(y_i,t | x_i, a_i, y_i,<t) / Σ_i |y_i|        (token average)

@@ -17,4 +17,8 @@ Built-in objectives live in `prefopt.plugins`, Hydra configs in `prefopt.conf`.
 
 from prefopt import _compat
 
+__all__ = ["data", "evaluate", "generate", "kernels", "logprobs", "models", "objective",
+           "online", "plugins", "reference_cache", "registry", "rl", "steer", "testing",
+           "training"]
+
 _compat.install()

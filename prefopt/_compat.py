@@ -16,7 +16,7 @@ import warnings
 
 # old dotted path -> new dotted path
 MOVED = {
-    "prefopt.attributes": "prefopt.steer.attributes",
+    "prefopt.attributes": "prefopt.data.attributes",
     "prefopt.cli": "prefopt.training.cli",
     "prefopt.config": "prefopt.training.config",
     "prefopt.label": "prefopt.steer.label",

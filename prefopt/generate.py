@@ -43,7 +43,7 @@ def load_policy(path: str, **model_kwargs):
     """(model, tokenizer, attribute schema or None) of a policy exported by prefopt-train."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefopt.steer.attributes import SCHEMA_FILE, AttributeSchema
+    from prefopt.data.attributes import SCHEMA_FILE, AttributeSchema
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such model directory")

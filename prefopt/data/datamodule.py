@@ -12,7 +12,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from prefopt.steer.attributes import AttributeSchema, AttributeSpec
+from prefopt.data.attributes import AttributeSchema, AttributeSpec
 
 from prefopt.data import synthetic
 from prefopt.data.collate import collate_groups

@@ -8,7 +8,7 @@ a list of chat messages `{"role": ..., "content": ...}`:
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
 - attributed `{prompt, response, attributes: {name: value}}` (SteerLM); the values are
-            checked against the run's attribute schema (prefopt.steer.attributes) when loaded
+            checked against the run's attribute schema (prefopt.data.attributes) when loaded
 - prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions
 
 All become a `Record`: a prompt with its completions. Every record is checked as it is read; a bad one raises `RecordError` naming the source,

@@ -8,7 +8,7 @@ completion's tokens are the template's rendering of the whole conversation minus
 rendering of the prompt with the generation prompt, as TRL does.
 
 Attributed records (SteerLM) are rendered with their attribute line at the start of the
-assistant turn, `quality:4,order:1,length:3` + newline (prefopt.steer.attributes): the line is
+assistant turn, `quality:4,order:1,length:3` + newline (prefopt.data.attributes): the line is
 context, the response after it is the completion. The same prompt with an empty attribute
 line (`bare_prompt`) is kept for attribute dropout and unconditioned generation. An
 encoder built with `condition=False` (the attribute model's) renders no attribute line.

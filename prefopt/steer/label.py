@@ -19,17 +19,19 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from prefopt.steer.attributes import AttributeSchema
+from prefopt.data.attributes import AttributeSchema
 from prefopt.data.records import RecordError, Text, _check_text, _require, iter_raw
 from prefopt.data.tokenize import TokenizeConfig
 from prefopt.data.output import write_jsonl
 from prefopt.steer.scorer import RewardScorer
 
 
-class AttributeLabeler(RewardScorer):
+class AttributeLabeler:
     def __init__(self, model, tokenizer, schema: AttributeSchema,
                  tokenize: TokenizeConfig | None = None):
-        super().__init__(model, tokenizer, tokenize)
+        # The scorer renders pairs exactly as training did and returns every head output;
+        # its scalar `score` does not apply (one output per attribute here).
+        self.scorer = RewardScorer(model, tokenizer, tokenize)
         self.schema = schema
 
     @classmethod
@@ -43,10 +45,14 @@ class AttributeLabeler(RewardScorer):
                              f"{len(schema)} attributes: not an attribute model")
         return cls(model, AutoTokenizer.from_pretrained(path), schema, tokenize)
 
+    @property
+    def model(self):
+        return self.scorer.model
+
     def predict(self, prompts: list[Text], responses: list[Text], batch_size: int = 64
                 ) -> torch.Tensor:
         """Raw predictions on the [0, 1] scale, [N, attributes] in schema order."""
-        return self.outputs(prompts, responses, batch_size)
+        return self.scorer.outputs(prompts, responses, batch_size)
 
     def label(self, prompts: list[Text], responses: list[Text], batch_size: int = 64
               ) -> list[dict[str, float]]:

@@ -97,7 +97,10 @@ def _cached_batch(fmt: str, mismatched: bool, condition: bool = True
     datamodule = PreferenceDataModule(_data_config(), _tokenizer(), fmt=fmt,
                                       mismatched=mismatched, seed=DATA_SEED, condition=condition)
     datamodule.setup("fit")
-    return next(iter(datamodule.train_dataloader()))
+    # The DataLoader draws its base seed from the global generator: forked, so that the
+    # kit leaves the caller's random state as it was.
+    with torch.random.fork_rng(devices=[]):
+        return next(iter(datamodule.train_dataloader()))
 
 
 def _batch(fmt: str, mismatched: bool, condition: bool = True) -> dict[str, torch.Tensor]:

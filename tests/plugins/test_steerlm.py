@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from prefopt.steer.attributes import AttributeSchema, AttributeSpec
+from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import parse_attributed
 from prefopt.data.tokenize import Encoder, TokenizeConfig

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from prefopt.steer.attributes import AttributeSchema, AttributeSpec
+from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import RecordError, parse_attributed, read_records
 from prefopt.data.tokenize import Encoder, TokenizeConfig

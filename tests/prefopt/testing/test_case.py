@@ -10,7 +10,7 @@ from prefopt.objective import BatchFormat, LossOutput, Needs
 from prefopt.plugins.reward_models import RewardBT, RewardPL
 from prefopt.plugins.steerlm import AttributeModel, SteerLM
 from prefopt.testing import ConformanceError, check_loss
-from prefopt.testing.case import FED_FORMATS, N_RECORDS, _case, _models, _schema
+from prefopt.testing.case import FED_FORMATS, N_RECORDS, _cached_batch, _case, _models, _schema
 from prefopt.testing.metrics import REQUIRED_METRICS
 
 
@@ -38,12 +38,10 @@ def test_attribute_models_get_the_schema_and_unconditioned_records(toys):
 
 
 def test_the_kit_leaves_the_random_state_alone(toys, run):
-    # The batches first: collating the first batch of a kind draws from the global
-    # generator (the DataLoader's base seed), and this test, when it shared a file with
-    # tests that ran before it, always found them cached. It checks the models.
-    run(toys.Margin)
-    run(toys.Regression)
-    _models.cache_clear()  # building the models is what draws random numbers
+    # Nothing cached: building the models and collating the first batch of a kind (the
+    # DataLoader's base seed) both draw random numbers.
+    _models.cache_clear()
+    _cached_batch.cache_clear()
     state = torch.random.get_rng_state()
     run(toys.Margin)
     run(toys.Regression)  # the reward model with one output per attribute

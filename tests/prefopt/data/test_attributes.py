@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefopt.steer.attributes import AttributeSchema, AttributeSpec
+from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.records import RecordError
 
 

@@ -276,14 +276,6 @@ def test_non_finite_on_one_rank_stops_every_rank(ranks):
             "train/loss became nan at step 0")
 
 
-def test_one_process_weights_per_value_scalar_and_given():
-    reduced = reduce_across_devices(local_means(
-        {"loss": torch.tensor(0.5), "v": torch.tensor([1.0, 2.0, 6.0]),
-         "entropy": torch.tensor(2.0)}, {"entropy": 40}, 5), [], None, torch.device("cpu"))
-    assert {k: (float(v), w) for k, (v, w) in reduced.items()} == {
-        "loss": (0.5, 5), "v": (3.0, 3), "entropy": (2.0, 40)}
-
-
 # -- strategies through the trainer group ------------------------------------------------
 
 def test_strategy_options_inherit_the_default_trainer(compose):

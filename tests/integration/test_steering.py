@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefopt.steer.attributes import AttributeSchema
+from prefopt.data.attributes import AttributeSchema
 from prefopt.evaluate import obedience
 
 BIN = Path(sys.executable).parent

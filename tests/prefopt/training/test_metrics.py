@@ -1,0 +1,47 @@
+"""Metric reduction and the finiteness check on one process (the two-process case is
+tests/integration/test_distributed.py)."""
+
+import pytest
+import torch
+
+from prefopt.training.metrics import (MetricLog, NonFiniteError, check_finite, local_means,
+                                      reduce_across_devices)
+
+
+def test_one_process_weights_per_value_scalar_and_given():
+    reduced = reduce_across_devices(local_means(
+        {"loss": torch.tensor(0.5), "v": torch.tensor([1.0, 2.0, 6.0]),
+         "entropy": torch.tensor(2.0)}, {"entropy": 40}, 5), [], None, torch.device("cpu"))
+    assert {k: (float(v), w) for k, (v, w) in reduced.items()} == {
+        "loss": (0.5, 5), "v": (3.0, 3), "entropy": (2.0, 40)}
+
+
+def test_check_finite_names_the_first_non_finite_metric():
+    with pytest.raises(NonFiniteError, match=r"^val/b became inf at step 7; stopping"):
+        check_finite({"a": torch.tensor(1.0), "b": torch.tensor([1.0, float("inf")]),
+                      "c": torch.tensor(float("nan"))}, "val", 7)
+    check_finite({"a": torch.tensor([1.0, -2.0])}, "val", 7)  # finite: no error
+
+
+class _Recorder:
+    """What MetricLog needs of a LightningModule, recording what it logs."""
+
+    _trainer = None
+    device = torch.device("cpu")
+    global_step = 0
+
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = (float(value), kwargs["batch_size"], kwargs["on_step"])
+
+
+def test_empty_metrics_are_skipped_and_weights_follow_the_rules():
+    module = _Recorder()
+    MetricLog().log(module, {"loss": torch.tensor(0.5), "rewards/rejected": torch.zeros(0),
+                             "x": torch.tensor([1.0, 3.0]), "entropy": torch.tensor(2.0)},
+                    "train", {"entropy": 40}, 4)
+    # The loss: a scalar weighted by the prompts (4); x: its 2 values; entropy: as given.
+    assert module.logged == {"train/loss": (0.5, 4, True), "train/x": (2.0, 2, True),
+                             "train/entropy": (2.0, 40, True)}

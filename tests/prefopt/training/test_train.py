@@ -1,0 +1,75 @@
+"""One run's build and bookkeeping: which module the format table picks, refusals, and the
+metrics a resume keeps (whole runs: tests/integration/)."""
+
+import csv
+
+import pytest
+import torch
+
+from prefopt.data.datamodule import PreferenceDataModule
+from prefopt.data.prompts import PromptDataModule
+from prefopt.online.module import OnlineModule
+from prefopt.plugins.dpo import DPO
+from prefopt.registry import PluginError
+from prefopt.training import train
+from prefopt.training.module import PreferenceModule
+
+
+def test_the_format_table_picks_the_module(compose):
+    module, datamodule, _ = train.build(compose("objective=dpo"))
+    assert type(module) is PreferenceModule and isinstance(datamodule, PreferenceDataModule)
+    assert module.reference is not None and module.reference is not module.policy
+    module, datamodule, _ = train.build(compose("objective=reinforce"))
+    assert type(module) is OnlineModule and isinstance(datamodule, PromptDataModule)
+
+
+def test_an_objective_on_prompts_must_be_online(compose):
+    from prefopt.objective import BatchFormat
+
+    class PromptDPO(DPO):
+        batch_format = BatchFormat.PROMPTS
+
+    with pytest.raises(PluginError, match=r"objective 'odd' consumes prompts, which only "
+                                          r"online objectives .* can"):
+        train._build_online(compose("objective=dpo"), PromptDPO(DPO.Config(name="odd")))
+
+
+def test_resume_needs_a_checkpoint(compose, tmp_path):
+    cfg = compose("ckpt_path=last")
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no checkpoint at .*last.ckpt"):
+        train._resume_checkpoint(cfg, tmp_path)
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_metrics_before_the_checkpoint_are_kept_and_prepended(tmp_path):
+    """A checkpoint at step 4: training rows before it and validation rows up to it stay;
+    the rest will be logged again by the resumed run."""
+    rows = [{"epoch": "0", "step": "0", "train/loss": "", "val/loss": "0.7"},
+            {"epoch": "0", "step": "3", "train/loss": "0.6", "val/loss": ""},
+            {"epoch": "0", "step": "4", "train/loss": "0.5", "val/loss": ""},
+            {"epoch": "0", "step": "4", "train/loss": "", "val/loss": "0.55"},
+            {"epoch": "0", "step": "5", "train/loss": "0.4", "val/loss": ""}]
+    _write_csv(tmp_path / "metrics.csv", rows)
+    torch.save({"global_step": 4}, tmp_path / "last.ckpt")
+    kept = train._set_aside_metrics(tmp_path, tmp_path / "last.ckpt")
+    assert kept == [rows[0], rows[1], rows[3]]
+    assert (tmp_path / "metrics.before-resume.csv").exists()
+    assert not (tmp_path / "metrics.csv").exists()
+    assert train._start_metrics(kept) == {"val/loss": 0.7}
+
+    # The resumed run's logger writes a new file, with a column the first run lacked.
+    _write_csv(tmp_path / "metrics.csv", [{"epoch": "0", "step": "4", "train/loss": "0.5",
+                                            "train/lr": "0.1"}])
+    train._prepend_rows(tmp_path / "metrics.csv", kept)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        merged = list(csv.DictReader(f))
+    assert list(merged[0]) == ["epoch", "step", "train/loss", "train/lr", "val/loss"]
+    assert [(r["step"], r["train/loss"], r["val/loss"], r["train/lr"]) for r in merged] == [
+        ("0", "", "0.7", ""), ("3", "0.6", "", ""), ("4", "", "0.55", ""),
+        ("4", "0.5", "", "0.1")]
