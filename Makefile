@@ -12,9 +12,9 @@ STAMP := $(VENV)/.installed
 # disk (an unpinned torch pulls a ~5 GB CUDA build). Hosts with a GPU take the CUDA build.
 # Override either way: `make test TORCH_SPEC='torch==2.9.1'`.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-EXTRAS ?= test,bench
+EXTRAS ?= test,bench,lint
 
-.PHONY: venv train test test-fast bench bench-report bench-e2e clean
+.PHONY: venv train test test-fast lint bench bench-report bench-e2e clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff: lint and import order (configured in pyproject.toml). `make lint FIX=1` fixes
+# what it can.
+lint: $(STAMP)
+	$(BIN)/ruff check $(if $(FIX),--fix) .
 
 # Kernel microbenchmarks (pytest-benchmark). On a CPU machine: a small smoke test.
 bench: $(STAMP)

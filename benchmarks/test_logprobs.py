@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench_env import CASES, CUDA, DTYPE, PROVIDERS, ROUNDS, SHAPES, extra_peak_mib, synced, \
-    time_ms
+from bench_env import CASES, CUDA, DTYPE, PROVIDERS, ROUNDS, SHAPES, extra_peak_mib, synced, time_ms
 
 COMBOS = [(shape, case, name) for shape in SHAPES for case in CASES for name in PROVIDERS]
 

@@ -68,7 +68,8 @@ def _interpreter_ready() -> bool:
 def _check_inputs(hidden, weight, targets, temperature):
     if hidden.dim() != 2 or weight.dim() != 2 or targets.dim() != 1:
         raise ValueError("token_logprobs expects hidden [N, H], weight [V, H], targets [N]; "
-                         f"got {tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
+                         f"got {tuple(hidden.shape)}, {tuple(weight.shape)}, "
+                         f"{tuple(targets.shape)}")
     if hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden size mismatch: hidden has H={hidden.shape[1]}, "
                          f"weight has H={weight.shape[1]}")
@@ -104,7 +105,8 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
     if impl == "triton":
         reason = triton_unavailable_reason(hidden.device)
         if reason is not None:
-            raise RuntimeError(f"impl='triton' cannot run here: {reason}. Use impl='torch' or 'auto'.")
+            raise RuntimeError(f"impl='triton' cannot run here: {reason}. Use impl='torch' or "
+                               "'auto'.")
         from .triton_logprobs import token_logprobs_triton
 
         def run(*args, **kwargs):

@@ -23,8 +23,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .autotune import (_GPU_CONFIGS, _GPU_NOMINAL_BLOCK_N, _even_k, _explicit_blocks,
-                       _fits_smem, _n_splits)
+from .autotune import (
+    _GPU_CONFIGS,
+    _GPU_NOMINAL_BLOCK_N,
+    _even_k,
+    _explicit_blocks,
+    _fits_smem,
+    _n_splits,
+)
 from .triton_tiles import _dot_flags, _logits_tile
 
 

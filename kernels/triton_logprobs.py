@@ -27,6 +27,7 @@ import torch
 from .reference import token_logprobs_torch
 from .triton_backward import _backward
 from .triton_forward import _forward
+
 # Whether the kernels were built for the interpreter (decided when triton_tiles.py was
 # imported); re-exported for the tests, which read it here. A record, not a switch.
 from .triton_tiles import INTERPRETED  # noqa: F401

@@ -3,5 +3,8 @@ docstrings. They register through the same entry-point group as third-party obje
 (`prefopt.objectives` in pyproject.toml), and the core never imports them by name: the
 registry loads the one a run selects."""
 
-__all__ = ["dpo", "ipo", "kto", "kwise", "ppo", "reinforce", "reward_models", "sft",
-           "steerlm"]
+import lazy_loader
+
+# Submodules resolve on first use, so `import prefopt.plugins` loads none of them.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=[
+    "dpo", "ipo", "kto", "kwise", "ppo", "reinforce", "reward_models", "sft", "steerlm"])

@@ -26,8 +26,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics, require_positive)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    PairwiseLogps,
+    preference_metrics,
+    require_positive,
+)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor,

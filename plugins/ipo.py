@@ -21,8 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (BatchFormat, LossOutput, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics, require_positive)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Objective,
+    ObjectiveConfig,
+    PairwiseLogps,
+    preference_metrics,
+    require_positive,
+)
 from prefopt.plugins.dpo import per_token_mean
 
 

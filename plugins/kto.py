@@ -25,8 +25,15 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               UnpairedLogps, require_positive)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    UnpairedLogps,
+    require_positive,
+)
 
 RECOMMENDED_BALANCE = (1.0, 4.0 / 3.0)
 

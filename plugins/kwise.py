@@ -25,8 +25,14 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (BatchFormat, LossOutput, Objective, ObjectiveConfig,
-                               RankedLogps, require_positive)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Objective,
+    ObjectiveConfig,
+    RankedLogps,
+    require_positive,
+)
 
 
 def plackett_luce_nll(rewards: torch.Tensor, ranks: torch.Tensor, group: torch.Tensor

@@ -35,10 +35,25 @@ from typing import Optional
 
 import torch
 
-from prefopt.objective import (Advantages, Experience, LossOutput, Needs, ObjectiveConfig,
-                               OnlineLogps, OnlineObjective, ValueModel)
-from prefopt.rl import (KLEstimator, adaptive_kl_coef, explained_variance, gae, kl_estimate,
-                        masked_mean, masked_whiten)
+from prefopt.objective import (
+    Advantages,
+    Experience,
+    LossOutput,
+    Needs,
+    ObjectiveConfig,
+    OnlineLogps,
+    OnlineObjective,
+    ValueModel,
+)
+from prefopt.rl import (
+    KLEstimator,
+    adaptive_kl_coef,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+)
 
 
 def token_rewards(scores: torch.Tensor, token_kl: torch.Tensor | None, mask: torch.Tensor,

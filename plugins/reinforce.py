@@ -34,10 +34,23 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (Advantages, Experience, LossOutput, Needs, ObjectiveConfig,
-                               OnlineLogps, OnlineObjective)
-from prefopt.rl import (Aggregation, KLEstimator, aggregate, group_normalised_advantages,
-                        kl_estimate, leave_one_out_advantages)
+from prefopt.objective import (
+    Advantages,
+    Experience,
+    LossOutput,
+    Needs,
+    ObjectiveConfig,
+    OnlineLogps,
+    OnlineObjective,
+)
+from prefopt.rl import (
+    Aggregation,
+    KLEstimator,
+    aggregate,
+    group_normalised_advantages,
+    kl_estimate,
+    leave_one_out_advantages,
+)
 
 
 class Baseline(str, enum.Enum):

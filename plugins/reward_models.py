@@ -24,8 +24,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               PairwiseScores, RankedScores, preference_metrics)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    PairwiseScores,
+    RankedScores,
+    preference_metrics,
+)
 from prefopt.plugins.kwise import plackett_luce_nll, ranking_metrics
 
 

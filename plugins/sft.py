@@ -18,8 +18,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    PairwiseLogps,
+    preference_metrics,
+)
 
 
 class Average(str, enum.Enum):

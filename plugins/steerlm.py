@@ -32,8 +32,15 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (AttributeScores, BatchFormat, LossOutput, Needs, Objective,
-                               ObjectiveConfig, ResponseLogps)
+from prefopt.objective import (
+    AttributeScores,
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    ResponseLogps,
+)
 
 
 class Average(str, enum.Enum):

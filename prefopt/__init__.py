@@ -15,10 +15,13 @@ The packages, bottom up (no import runs back up):
 Built-in objectives live in `prefopt.plugins`, Hydra configs in `prefopt.conf`.
 """
 
+import lazy_loader
+
 from prefopt import _compat
 
-__all__ = ["data", "evaluate", "generate", "kernels", "logprobs", "models", "objective",
-           "online", "plugins", "reference_cache", "registry", "rl", "steer", "testing",
-           "training"]
+# Submodules resolve on first use: `import prefopt` stays light.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submodules=[
+    "data", "evaluate", "generate", "kernels", "logprobs", "models", "objective", "online",
+    "plugins", "reference_cache", "registry", "rl", "steer", "testing", "training"])
 
 _compat.install()

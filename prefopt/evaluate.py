@@ -37,9 +37,9 @@ from rich.console import Console
 from rich.table import Table
 
 from prefopt import registry
-from prefopt.training.config import TrainConfig
 from prefopt.generate import GenerationConfig, generate
 from prefopt.models import make_reference, uses_lora
+from prefopt.training.config import TrainConfig
 
 
 def load_run_config(run_dir: Path):

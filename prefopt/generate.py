@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     import json
     import sys
 
-    from prefopt.data.records import RecordError
     from prefopt.data.output import write_jsonl
+    from prefopt.data.records import RecordError
 
     parser = argparse.ArgumentParser(
         prog="prefopt-generate",

@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, PreTrainedModel)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from prefopt import tiny
 

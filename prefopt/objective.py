@@ -210,9 +210,10 @@ class LossOutput:
     """A scalar loss to minimise and metrics to log.
 
     Metric values are per-example tensors [B] (averaged over examples by the module) or
-    scalars. Names follow the schema in DESIGN.md: `rewards/chosen`, `rewards/rejected`,
-    `rewards/margins`, `rewards/accuracies`, ...; objective-specific ones go under the
-    objective's name (e.g. `ipo/target`). The module adds the `train/` or `val/` prefix.
+    scalars. Names follow the shared schema (docs/architecture.md): `rewards/chosen`,
+    `rewards/rejected`, `rewards/margins`, `rewards/accuracies`, ...; objective-specific ones
+    go under the objective's name (e.g. `ipo/target`). The module adds the `train/` or
+    `val/` prefix.
     """
 
     loss: torch.Tensor

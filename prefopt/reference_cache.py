@@ -32,7 +32,6 @@ from prefopt.models import ModelConfig, uses_lora
 log = logging.getLogger(__name__)
 
 
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PREFOPT_CACHE_DIR", Path.home() / ".cache" / "prefopt"))
 

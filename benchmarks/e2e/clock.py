@@ -15,7 +15,6 @@ import resource
 from dataclasses import dataclass, field
 
 import torch
-
 from phases import StepProfiler, synchronized_time
 
 MiB = 2**20

@@ -8,7 +8,6 @@ tokenisation would end them. Ids avoid the special ones (pad 0, bos 1, eos 2).
 from __future__ import annotations
 
 import torch
-
 from shapes import Shape
 
 EOS_ID = 2

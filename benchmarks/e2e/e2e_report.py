@@ -9,9 +9,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from report import update_results  # noqa: E402  (benchmarks/report.py: the kernel report)
-
 from phases import PHASE_NAMES  # noqa: E402
+from report import update_results  # noqa: E402  (benchmarks/report.py: the kernel report)
 
 SPEED_TARGET, MEMORY_TARGET = 1.3, 0.6  # prefopt/TRL tokens per second, peak memory
 GiB = 1024  # MiB

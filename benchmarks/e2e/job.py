@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from clock import StepClock
 from data import random_pairs
-from prefopt.models import make_reference
 from shapes import Shape, build_model
+
+from prefopt.models import make_reference
 
 
 @dataclass

@@ -24,9 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
-
 import e2e_report  # noqa: E402
+import torch  # noqa: E402
 from shapes import CPU_SHAPES, GPU_SHAPES, MODELS, Shape  # noqa: E402
 from worker import PROVIDERS  # noqa: E402
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import warnings
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader
-
 from clock import StepClock
 from job import prepare
+from torch.utils.data import DataLoader
+
 from prefopt import registry
 from prefopt.data.collate import collate_groups
 from prefopt.data.tokenize import EncodedGroup

@@ -17,12 +17,12 @@ from __future__ import annotations
 import tempfile
 import warnings
 
+from clock import StepClock
 from datasets import Dataset
+from job import prepare
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from clock import StepClock
-from job import prepare
 from prefopt import tiny
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from job import Spec  # noqa: E402
 from shapes import MODELS, Shape  # noqa: E402
 

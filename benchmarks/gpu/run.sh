@@ -37,6 +37,7 @@ $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 $PY - <<'PY'
 import importlib.metadata as m, torch
 names = ["torch", "triton", "transformers", "pytorch-lightning", "accelerate", "peft", "trl",
+         "lazy_loader",
          "datasets", "pyarrow", "hydra-core", "liger-kernel", "cut-cross-entropy"]
 def version(name):
     try:

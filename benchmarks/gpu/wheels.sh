@@ -13,12 +13,13 @@ platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
     platforms+=(--platform "$p")
 done
-# Pure-Python packages and their own missing needs: Hydra, TRL and datasets, the peers of
-# the kernel benchmark (Liger, Cut Cross-Entropy).
+# Pure-Python packages and their own missing needs: Hydra, TRL, datasets, lazy_loader (which
+# prefopt's package __init__s use), the peers of the kernel benchmark (Liger, Cut
+# Cross-Entropy).
 $pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
     "${platforms[@]}" -d "$dir" \
     hydra-core==1.3.8 omegaconf==2.3.1 trl==1.16.0 datasets==4.8.4 dill==0.4.1 \
-    multiprocess==0.70.19 liger-kernel==0.8.5 cut-cross-entropy==25.1.1 \
+    multiprocess==0.70.19 liger-kernel==0.8.5 cut-cross-entropy==25.1.1 lazy_loader==0.6 \
     ${WITH_PYARROW:+pyarrow==26.0.1}  # datasets 4.8 needs pyarrow >= 21: WITH_PYARROW=1
 # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 needs) is published as a source archive
 # only: build its wheel here. All of these together are about 3 MB (pyarrow: 40 MB more).

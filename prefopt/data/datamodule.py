@@ -12,9 +12,8 @@ from typing import Optional
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from prefopt.data.attributes import AttributeSchema, AttributeSpec
-
 from prefopt.data import synthetic
+from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import PARSERS, Record, read_records, unpair
 from prefopt.data.sampler import ResumableSampler

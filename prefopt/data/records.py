@@ -11,8 +11,9 @@ a list of chat messages `{"role": ..., "content": ...}`:
             checked against the run's attribute schema (prefopt.data.attributes) when loaded
 - prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions
 
-All become a `Record`: a prompt with its completions. Every record is checked as it is read; a bad one raises `RecordError` naming the source,
-the line (JSONL) or record index, and the field. Nothing is skipped silently, so a
+All become a `Record`: a prompt with its completions. Every record is checked as it is
+read; a bad one raises `RecordError` naming the source, the line (JSONL) or record index,
+and the field. Nothing is skipped silently, so a
 malformed line can never shift the data.
 """
 
@@ -232,7 +233,8 @@ def _parse_nectar(where: str, raw: dict) -> Record:
                 raise RecordError(where, "missing", f"answers[{i}].{key}")
         texts.append(_check_text(where, f"answers[{i}].answer", answer["answer"]))
         ranks.append(_check_rank(where, f"answers[{i}].rank", answer["rank"]))
-    _same_form(where, {"prompt": prompt, **{f"answers[{i}].answer": t for i, t in enumerate(texts)}})
+    _same_form(where, {"prompt": prompt,
+                       **{f"answers[{i}].answer": t for i, t in enumerate(texts)}})
     return Record(prompt, tuple(texts), where, ranks=tuple(ranks), kind="ranked")
 
 

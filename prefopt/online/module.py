@@ -139,7 +139,10 @@ class OnlineModule(PolicyModule):
         """The loss input of one minibatch: the current policy's log-probs, with gradient."""
         sub = {k: rollout.batch[k][rows] for k in ROW_KEYS}
         out, values = self._forward(sub, grad=True)
-        pick = (lambda t: None if t is None else t[rows])
+
+        def pick(t):
+            return None if t is None else t[rows]
+
         return OnlineLogps(logps=out.token_logps, entropy=out.entropy,
                            mask=experience.mask[rows], old_logps=experience.logps[rows],
                            advantages=advantages.advantages[rows],

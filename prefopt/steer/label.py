@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from prefopt.data.attributes import AttributeSchema
+from prefopt.data.output import write_jsonl
 from prefopt.data.records import RecordError, Text, _check_text, _require, iter_raw
 from prefopt.data.tokenize import TokenizeConfig
-from prefopt.data.output import write_jsonl
 from prefopt.steer.scorer import RewardScorer
 
 

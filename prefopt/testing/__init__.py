@@ -93,17 +93,36 @@ import dataclasses
 import typing
 
 from prefopt import registry
-from prefopt.objective import API_VERSION, BatchFormat, Needs, Objective, ObjectiveConfig
-from prefopt.testing.case import (FED_FORMATS, N_RECORDS, _case, _check_feedable,
-                                  _check_loss_and_gradients, _detached)
+from prefopt.objective import (
+    API_VERSION,
+    FED_FORMATS,
+    BatchFormat,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+)
+
 # Read as prefopt.testing._models and prefopt.testing._tokenizer by prefopt's own tests
-# (tests/prefopt/test_distributed.py builds its module and batches from them).
-from prefopt.testing.case import _models, _tokenizer  # noqa: F401
+# (tests/integration/test_distributed.py builds its module and batches from them).
+from prefopt.testing.case import (  # noqa: F401
+    N_RECORDS,
+    _case,
+    _check_feedable,
+    _check_loss_and_gradients,
+    _detached,
+    _models,
+    _tokenizer,
+)
 from prefopt.testing.config import check_config, compose_objective
 from prefopt.testing.errors import ConformanceError
-from prefopt.testing.invariance import (REFERENCE_FIELDS, REFERENCE_FREE_NOT_APPLICABLE,
-                                        _check_absent_values, _check_order,
-                                        _check_reference_free, _reorderings)
+from prefopt.testing.invariance import (
+    REFERENCE_FIELDS,
+    REFERENCE_FREE_NOT_APPLICABLE,
+    _check_absent_values,
+    _check_order,
+    _check_reference_free,
+    _reorderings,
+)
 from prefopt.testing.metrics import REQUIRED_METRICS, _check_metrics
 
 __all__ = [

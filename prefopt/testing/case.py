@@ -17,8 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (FED_FORMATS, FORMATS, AttributeScores, LossOutput, Objective,
-                               PairwiseScores, RankedScores, unfeedable)
+from prefopt.objective import (
+    FORMATS,
+    AttributeScores,
+    LossOutput,
+    Objective,
+    PairwiseScores,
+    RankedScores,
+    unfeedable,
+)
 from prefopt.testing.errors import ConformanceError
 
 # Records per synthetic batch: pairs, unpaired examples, ranked prompts or attributed
@@ -135,7 +142,8 @@ def _module(policy, reference, objective: Objective):
     from prefopt.training.module import PreferenceModule
     from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
-    # prefopt-train hands the module the schema of attributed records (prefopt.training.train.build).
+    # prefopt-train hands the module the schema of attributed records
+    # (prefopt.training.train.build).
     schema = _schema() if FORMATS[objective.batch_format].attributed else None
     # The reference log-prob implementation: the same numbers on every device and dtype.
     return PreferenceModule(policy, reference, objective, OptimizerConfig(), SchedulerConfig(),

@@ -18,8 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.objective import (AttributeScores, LossOutput, Objective, PairwiseLogps,
-                               PairwiseScores, RankedLogps, ResponseLogps, UnpairedLogps)
+from prefopt.objective import (
+    AttributeScores,
+    LossOutput,
+    Objective,
+    PairwiseLogps,
+    PairwiseScores,
+    RankedLogps,
+    ResponseLogps,
+    UnpairedLogps,
+)
 from prefopt.testing.case import _models, _module, _prompt_count, _row_count, _row_tensors
 from prefopt.testing.errors import ConformanceError
 from prefopt.testing.metrics import _layouts, _layouts_of

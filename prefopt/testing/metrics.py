@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from prefopt.objective import (FED_FORMATS, FORMATS, PREFERENCE_METRICS, AttributeScores,
-                               BatchFormat, LossOutput, Needs, Objective, PairwiseLogps,
-                               PairwiseScores, ResponseLogps, UnpairedLogps)
+from prefopt.objective import (
+    FED_FORMATS,
+    FORMATS,
+    PREFERENCE_METRICS,
+    AttributeScores,
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    PairwiseLogps,
+    PairwiseScores,
+    ResponseLogps,
+    UnpairedLogps,
+)
 from prefopt.testing.case import _prompt_count, _row_count
 from prefopt.testing.errors import ConformanceError
 

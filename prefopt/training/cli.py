@@ -10,11 +10,11 @@ import hydra
 from omegaconf import DictConfig
 
 from prefopt import registry
-from prefopt.online import rewards
-from prefopt.training.config import ConfigError, register_schema
 from prefopt.data.records import RecordError
-from prefopt.training.metrics import NonFiniteError
+from prefopt.online import rewards
 from prefopt.online.rewards import RewardError
+from prefopt.training.config import ConfigError, register_schema
+from prefopt.training.metrics import NonFiniteError
 
 log = logging.getLogger("prefopt")
 
@@ -25,7 +25,9 @@ _USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    from prefopt.training.train import train  # heavy imports after Hydra has parsed the command line
+    from prefopt.training.train import (
+        train,  # heavy imports after Hydra has parsed the command line
+    )
 
     try:
         train(cfg)

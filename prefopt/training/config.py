@@ -17,9 +17,9 @@ from omegaconf import MISSING
 
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
-from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 from prefopt.online.rewards import RewardConfig
 from prefopt.online.rollout import RolloutConfig
+from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
 
 class ConfigError(ValueError):

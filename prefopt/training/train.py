@@ -6,8 +6,8 @@ import csv
 import dataclasses
 import functools
 import json
-import os
 import logging
+import os
 import warnings
 from pathlib import Path
 

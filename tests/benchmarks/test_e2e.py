@@ -30,7 +30,6 @@ def test_models_have_the_published_sizes(name, params):
     """Qwen2-0.5B: 494M parameters; Llama-3.2-1B: 1.24B (their model cards), both with the
     LM head tied to the input embedding."""
     import torch
-
     from shapes import build_model
 
     model = build_model(name, seed=0, gradient_checkpointing=False,

@@ -327,7 +327,6 @@ def test_deepspeed_without_the_package_is_a_clear_error(compose):
 def test_export_with_sharded_parameters_is_refused(compose, monkeypatch, tmp_path):
     """FSDP cannot run here (CPU), so the refusal is checked on a Trainer stand-in whose
     strategy shards parameters as DeepSpeed ZeRO-3 does."""
-    from prefopt import registry
     from prefopt.training import train
     from prefopt.training.config import ConfigError
 

@@ -50,9 +50,9 @@ def test_merged_export_computes_what_the_adapted_policy_did(tokenizer, tmp_path)
 
 
 def test_lora_reference_logps_are_the_base_model(tokenizer):
+    from prefopt.plugins.dpo import DPO
     from prefopt.training.module import PreferenceModule
     from prefopt.training.optim import OptimizerConfig, SchedulerConfig
-    from prefopt.plugins.dpo import DPO
 
     torch.manual_seed(0)
     policy = build_policy(ModelConfig(lora=LoraConfig(r=4)), tokenizer)

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from prefopt.plugins.ppo import PPO
 from prefopt.online.rewards import RewardError
+from prefopt.plugins.ppo import PPO
 from prefopt.training.train import build, train
 
 BIN = os.path.dirname(sys.executable)

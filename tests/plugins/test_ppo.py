@@ -30,7 +30,8 @@ def test_advantages_are_reward_to_go_minus_value_with_gamma_lambda_one():
     logps = torch.tensor([[0.0, -1.0, -1.0, -1.0], [0.0, -1.0, -1.0, 0.0]])
     experience = Experience(mask=MASK, logps=logps, scores=torch.tensor([1.0, 0.5]),
                             group=torch.tensor([0, 1]), ref_logps=logps - 0.1, values=values)
-    out = _objective(gamma=1.0, lam=1.0, whiten_advantages=False, kl_coef=0.2).advantages(experience)
+    objective = _objective(gamma=1.0, lam=1.0, whiten_advantages=False, kl_coef=0.2)
+    out = objective.advantages(experience)
     # per-token reward −0.2 · 0.1 = −0.02, plus the score on the last token
     # row 0 returns: 3 tokens to go: 1 − 0.06, 1 − 0.04, 1 − 0.02
     returns = torch.tensor([[0.0, 0.94, 0.96, 0.98], [0.0, 0.46, 0.48, 0.0]])

@@ -10,10 +10,10 @@ from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import parse_attributed
 from prefopt.data.tokenize import Encoder, TokenizeConfig
-from prefopt.training.module import PreferenceModule
-from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 from prefopt.objective import AttributeScores, ResponseLogps
 from prefopt.plugins.steerlm import AttributeModel, SteerLM
+from prefopt.training.module import PreferenceModule
+from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 
 SCHEMA = AttributeSchema([AttributeSpec("quality", 0, 4), AttributeSpec("order", 0, 1)])
 

@@ -5,9 +5,22 @@ import re
 import pytest
 import torch
 
-from prefopt.objective import (FED_FORMATS, FORMATS, AttributeScale, AttributeScores,
-                               BatchFormat, Needs, PairwiseLogps, PairwiseScores, RankedLogps,
-                               ResponseLogps, Rows, UnpairedLogps, ValueModel, unfeedable)
+from prefopt.objective import (
+    FED_FORMATS,
+    FORMATS,
+    AttributeScale,
+    AttributeScores,
+    BatchFormat,
+    Needs,
+    PairwiseLogps,
+    PairwiseScores,
+    RankedLogps,
+    ResponseLogps,
+    Rows,
+    UnpairedLogps,
+    ValueModel,
+    unfeedable,
+)
 from prefopt.plugins.kto import KTO
 
 

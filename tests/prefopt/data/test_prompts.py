@@ -10,7 +10,6 @@ from prefopt.training.train import build
 ONLINE = ["data.batch_size=4", "rollout.num_samples=2", "rollout.max_new_tokens=6"]
 
 
-
 def test_prompt_records_from_a_file_and_a_bad_one_named(compose, tmp_path):
     good = tmp_path / "prompts.jsonl"
     good.write_text("".join(json.dumps({"prompt": f"sort {n}"}) + "\n" for n in (321, 54, 987)))
@@ -25,7 +24,6 @@ def test_prompt_records_from_a_file_and_a_bad_one_named(compose, tmp_path):
                                      *ONLINE))
     with pytest.raises(RecordError, match=r"bad.jsonl:3: field 'prompt': missing"):
         datamodule.setup("fit")
-
 
 
 def test_a_prompt_that_leaves_no_room_follows_the_declared_rule(compose, tmp_path):

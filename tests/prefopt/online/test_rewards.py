@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from prefopt.data import synthetic
-from prefopt.online.rewards import (FunctionReward, ModelReward, RewardConfig, RewardError,
-                             apply_missing_eos_penalty, available, build_reward,
-                             resolve_function)
+from prefopt.online.rewards import (
+    FunctionReward,
+    ModelReward,
+    RewardConfig,
+    RewardError,
+    apply_missing_eos_penalty,
+    available,
+    build_reward,
+    resolve_function,
+)
 
 
 def _raises_on_the_second(prompt, completion):

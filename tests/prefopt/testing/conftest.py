@@ -13,12 +13,17 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               preference_metrics)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    preference_metrics,
+)
 from prefopt.plugins.kwise import plackett_luce_nll, ranking_metrics
 from prefopt.plugins.steerlm import masked_mse, response_nll
 from prefopt.testing import check_loss
-
 
 # -- correct toy objectives, one per format; the broken ones in the tests change one thing
 

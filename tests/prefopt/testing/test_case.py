@@ -9,8 +9,8 @@ import torch
 from prefopt.objective import BatchFormat, LossOutput, Needs
 from prefopt.plugins.reward_models import RewardBT, RewardPL
 from prefopt.plugins.steerlm import AttributeModel, SteerLM
-from prefopt.testing import ConformanceError, check_loss
-from prefopt.testing.case import FED_FORMATS, N_RECORDS, _cached_batch, _case, _models, _schema
+from prefopt.testing import FED_FORMATS, ConformanceError, check_loss
+from prefopt.testing.case import N_RECORDS, _cached_batch, _case, _models, _schema
 from prefopt.testing.metrics import REQUIRED_METRICS
 
 

@@ -13,9 +13,13 @@ from prefopt import registry
 from prefopt.objective import ObjectiveConfig
 from prefopt.plugins.dpo import DPO
 from prefopt.plugins.ipo import IPO
-from prefopt.testing import (REFERENCE_FREE_NOT_APPLICABLE, ConformanceError,
-                             check_declaration, check_entry_point, check_objective)
-
+from prefopt.testing import (
+    REFERENCE_FREE_NOT_APPLICABLE,
+    ConformanceError,
+    check_declaration,
+    check_entry_point,
+    check_objective,
+)
 
 NOT_APPLICABLE = REFERENCE_FREE_NOT_APPLICABLE
 
@@ -62,7 +66,7 @@ def test_every_builtin_is_checked():
                 if info.distribution == "prefopt"}
     # dpo: in every mode, above. The kit checks objectives on recorded data; online ones
     # (prompts in, samples scored at every step) have their own tests
-    # (tests/plugins/test_reinforce.py, test_ppo.py, tests/prefopt/test_online.py).
+    # (tests/plugins/test_reinforce.py, test_ppo.py, tests/integration/test_online.py).
     assert builtins == {"dpo", *BUILTIN_CHECKS, *ONLINE}
 
 

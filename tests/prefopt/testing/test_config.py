@@ -10,7 +10,6 @@ import pytest
 from prefopt import registry
 from prefopt.testing import ConformanceError, check_config
 
-
 LISTY = """
     from dataclasses import dataclass, field
     from prefopt.objective import BatchFormat, LossOutput, Objective, ObjectiveConfig

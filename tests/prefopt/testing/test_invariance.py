@@ -12,7 +12,6 @@ from prefopt.plugins.reward_models import RewardBT, RewardPL, bradley_terry_loss
 from prefopt.plugins.steerlm import AttributeModel, SteerLM, masked_mse
 from prefopt.testing import REFERENCE_FIELDS, ConformanceError, check_loss
 
-
 # -- reference-free ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("toy", ["Margin", "Desirability", "Listwise", "Conditioned"],

@@ -4,8 +4,13 @@ tests/integration/test_distributed.py)."""
 import pytest
 import torch
 
-from prefopt.training.metrics import (MetricLog, NonFiniteError, check_finite, local_means,
-                                      reduce_across_devices)
+from prefopt.training.metrics import (
+    MetricLog,
+    NonFiniteError,
+    check_finite,
+    local_means,
+    reduce_across_devices,
+)
 
 
 def test_one_process_weights_per_value_scalar_and_given():

@@ -25,8 +25,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.objective import (BatchFormat, LossOutput, Needs, Objective, ObjectiveConfig,
-                               PairwiseLogps, preference_metrics)
+from prefopt.objective import (
+    BatchFormat,
+    LossOutput,
+    Needs,
+    Objective,
+    ObjectiveConfig,
+    PairwiseLogps,
+    preference_metrics,
+)
 
 
 def simpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, chosen_tokens: torch.Tensor,
