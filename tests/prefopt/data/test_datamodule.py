@@ -1,0 +1,54 @@
+"""Splits and the attribute schema of a run's data (records and batches of each format:
+test_records.py, test_formats.py, test_attributed.py)."""
+
+import json
+
+import pytest
+
+from prefopt.data.datamodule import DataConfig, attribute_schema, load_splits
+from prefopt.data.synthetic import SyntheticConfig
+
+
+def _pairs(path, n):
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"})
+                            + "\n" for i in range(n)))
+    return str(path)
+
+
+def prompts(records):
+    return {r.prompt for r in records}
+
+
+def test_a_held_out_fraction_is_seeded_and_disjoint(tmp_path):
+    cfg = DataConfig(path=_pairs(tmp_path / "pairs.jsonl", 20), val_fraction=0.25)
+    splits = load_splits(cfg, "pairwise", seed=0)
+    assert (len(splits["train"]), len(splits["val"])) == (15, 5)  # round(0.25 * 20)
+    assert not prompts(splits["train"]) & prompts(splits["val"])
+    again = load_splits(cfg, "pairwise", seed=0)
+    assert prompts(again["val"]) == prompts(splits["val"])
+    assert prompts(load_splits(cfg, "pairwise", seed=1)["val"]) != prompts(splits["val"])
+
+
+def test_a_bad_fraction_and_unpairing_for_the_wrong_format_are_refused(tmp_path):
+    path = _pairs(tmp_path / "pairs.jsonl", 4)
+    with pytest.raises(ValueError, match=r"data.val_fraction must be in \(0, 1\), got 1.0"):
+        load_splits(DataConfig(path=path, val_fraction=1.0), "pairwise", seed=0)
+    with pytest.raises(ValueError, match="data.unpair=true turns pairwise records into "
+                                         "unpaired ones, but the objective consumes ranked"):
+        load_splits(DataConfig(path=path, unpair=True), "ranked", seed=0)
+
+
+def test_unpairing_makes_two_examples_per_pair(tmp_path):
+    cfg = DataConfig(path=_pairs(tmp_path / "pairs.jsonl", 10), unpair=True, val_fraction=0.2)
+    splits = load_splits(cfg, "unpaired", seed=0)
+    assert (len(splits["train"]), len(splits["val"])) == (16, 4)
+
+
+def test_the_attribute_schema_comes_from_the_config_or_the_synthetic_task(tmp_path):
+    given = DataConfig(attributes=[{"name": "helpfulness", "min": 0, "max": 9}])
+    assert attribute_schema(given).names == ("helpfulness",)
+    assert attribute_schema(DataConfig(synthetic=SyntheticConfig())).names == (
+        "quality", "order", "length")
+    with pytest.raises(ValueError, match="data.attributes: attributed records from .* need "
+                                         "an attribute schema"):
+        attribute_schema(DataConfig(path=str(tmp_path / "records.jsonl")))

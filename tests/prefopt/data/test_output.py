@@ -1,0 +1,38 @@
+"""write_jsonl: a result file appears whole or not at all, never over a file by accident."""
+
+import json
+
+import pytest
+
+from prefopt.data.output import write_jsonl
+
+
+def test_rows_as_json_lines(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"prompt": "é", "n": 1}, {"prompt": "b", "n": 2}])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [{"prompt": "é", "n": 1},
+                                                    {"prompt": "b", "n": 2}]
+    assert "é" in lines[0]  # not escaped
+
+
+def test_an_existing_file_is_kept_unless_overwrite(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("precious\n")
+    with pytest.raises(FileExistsError, match="out.jsonl exists; choose another --output"):
+        write_jsonl(path, [{"a": 1}])
+    assert path.read_text() == "precious\n"
+    write_jsonl(path, [{"a": 1}], overwrite=True)
+    assert path.read_text() == '{"a": 1}\n'
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+
+    class Unserialisable:
+        pass
+
+    with pytest.raises(TypeError):
+        write_jsonl(path, [{"a": 1}, {"b": Unserialisable()}], overwrite=True)
+    assert path.read_text() == "old\n"
