@@ -39,6 +39,7 @@ from rich.table import Table
 from prefopt import registry
 from prefopt.generate import GenerationConfig, generate
 from prefopt.models import make_reference, uses_lora
+from prefopt.objective import FORMATS
 from prefopt.training.config import TrainConfig
 
 
@@ -154,7 +155,9 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
     if module.reference_cached:
         attach_cached_reference(cfg, module, datamodule)
     generator_reference = module.reference
-    steered = datamodule.fmt == "attributed" and not module.needs.reward_model
+    # A policy that reads attribute lines (SteerLM), not an attribute model.
+    steered = FORMATS[module.objective.batch_format].attributed \
+        and not module.needs.reward_model
     if (generator_reference is None or steered) and not uses_lora(module.policy):
         generator_reference = make_reference(module.policy)  # before the trained weights
     checkpoint = run_dir / "checkpoints" / "last.ckpt"

@@ -18,6 +18,7 @@ from prefopt.data.collate import collate_groups
 from prefopt.data.records import PARSERS, Record, read_records, unpair
 from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
+from prefopt.objective import FORMATS, BatchFormat
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PreferenceDataModule(pl.LightningDataModule):
                              f"cannot form: set data.batch_size >= 2 (got {cfg.batch_size})")
         self.cfg, self.tokenizer, self.fmt, self.seed = cfg, tokenizer, fmt, seed
         self.mismatched, self.condition = mismatched, condition
-        self.schema = attribute_schema(cfg) if fmt == "attributed" else None
+        self.schema = attribute_schema(cfg) if FORMATS[BatchFormat(fmt)].attributed else None
         self.groups: dict[str, list[EncodedGroup]] = {}
         self.reports: dict[str, DataReport] = {}
 
