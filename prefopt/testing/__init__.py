@@ -40,7 +40,8 @@ their attribute line, as prefopt-train feeds an attribute model):
     unpaired: per example [B], or over one class in batch order: the desirable examples
       [n_D] (`values[labels]`) or the undesirable ones [n_U] (`values[~labels]`);
     ranked (log-probs or scores): per prompt [G] (indexed by group id) or per completion
-      [M];
+      [M]; or per ordered prompt [G'] (the prompts with two different ranks, by group id,
+      as `rewards/accuracies` leaves out the prompts without an ordered pair);
     attributed, log-probs: per response [B];
     attributed, attribute model: per response [B], or over the responses that give one
       attribute a, in batch order [n_a] (`values[present[:, a]]`); there are no
