@@ -220,6 +220,26 @@ class LossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def loss_output_problem(out, needs_grad: bool, source: str = "the policy's log-probs"
+                        ) -> str | None:
+    """What breaks the contract in what `loss()` returned, or None: a LossOutput whose
+    `loss` is a scalar tensor, with a gradient where `needs_grad` (a training step; `source`
+    says what it should depend on). Finiteness is checked where the value is read (the
+    training module's metric check, the conformance kit). The training module and the
+    conformance kit both use it, so they refuse the same thing in the same words."""
+    if not isinstance(out, LossOutput):
+        return f"loss() returned {type(out).__name__}, not a LossOutput"
+    loss = out.loss
+    if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
+        got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) \
+            else type(loss).__name__
+        return (f"LossOutput.loss must be a scalar tensor, got {got}: reduce the "
+                "per-example losses to one number (e.g. losses.mean())")
+    if needs_grad and not loss.requires_grad:
+        return f"the loss carries no gradient: it does not depend on {source}"
+    return None
+
+
 class Objective(abc.ABC):
     """Base class of preference objectives. See the module docstring for the contract."""
 

@@ -104,7 +104,9 @@ class PreferenceModule(PolicyModule):
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, data = self.loss_inputs(batch)
-        out = self.objective.loss(inputs)
+        source = "the reward model's scores" if self.needs.reward_model \
+            else "the policy's log-probs"
+        out = self._checked(self.objective.loss(inputs), stage, source)
         metrics = {"loss": out.loss.detach(), **out.metrics}
         weights: dict[str, int] = {}  # metrics not weighted by the number of examples
         if data.policy is not None:
