@@ -3,7 +3,8 @@
 An objective is a subclass of `Objective` with
 
 - `Config`: a dataclass deriving from `ObjectiveConfig`; it is the objective's Hydra schema
-  (group `objective`), so every field needs a type, a default and a docstring comment;
+  (group `objective`), so every field needs a type, a default and a docstring comment, and
+  it refuses settings it does not declare;
 - `batch_format`: which records it consumes (`BatchFormat`);
 - `needs()`: what the training module must compute for it (`Needs`);
 - `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities.
@@ -22,6 +23,7 @@ on a format by itself.
 from __future__ import annotations
 
 import abc
+import difflib
 import enum
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Mapping
@@ -69,11 +71,33 @@ class Needs:
             object.__setattr__(self, "value_model", ValueModel(self.value_model))
 
 
+class UnknownSettingError(ValueError):
+    """A setting that the objective's Config does not declare, e.g. `+objective.typo=1`."""
+
+
 @dataclass
 class ObjectiveConfig:
-    """Base of every objective's Config. The registry fills `name` with the entry-point name."""
+    """Base of every objective's Config. The registry fills `name` with the entry-point name.
+
+    Only declared fields can be set. Hydra refuses `objective.typo=1` by the schema, but a
+    `+` forces the key into the composed config, and OmegaConf's conversion back to the
+    dataclass then sets it as a plain attribute that the objective never reads: that is
+    refused here, naming the key and the fields there are."""
 
     name: str = ""
+
+    def __setattr__(self, key: str, value) -> None:
+        fields = self.__dataclass_fields__
+        if key not in fields and not key.startswith("_"):
+            declared = [f for f in fields if f != "name"]
+            close = difflib.get_close_matches(key, declared, n=1)
+            hint = f" Did you mean objective.{close[0]}?" if close else ""
+            raise UnknownSettingError(
+                f"objective.{key}: objective '{getattr(self, 'name', '')}' has no setting "
+                f"'{key}' (its settings: {', '.join(declared) or 'none'}).{hint} A + in "
+                "front of an override does not add settings to an objective: its Config "
+                "declares them all.")
+        object.__setattr__(self, key, value)
 
 
 def require_positive(config: ObjectiveConfig, *fields: str) -> None:

@@ -15,7 +15,7 @@ assertion) that names the property and by how much it failed. What is checked:
 - entry point: `name` is installed in `prefopt.objectives` and loads this class;
 - config: `prefopt-train`'s real config composes with `objective=<name>`, every field
   overridden on the command line, and converts back to the Config dataclass; an unknown
-  key and a value of the wrong type are refused.
+  key (also one forced in with a `+`) and a value of the wrong type are refused.
 
 The tensor checks run on exactly what `PreferenceModule.loss_inputs` hands the objective
 for one batch of 7 synthetic records of its format (pairs, unpaired examples with both
