@@ -71,7 +71,10 @@ their attribute line, as prefopt-train feeds an attribute model):
   re-collating in another order may legitimately change it. Ranked inputs reorder whole
   prompts (group ids relabelled, rows moved with their prompt). Attributed inputs
   reorder responses (an attribute model's predictions, targets and present rows
-  together; `scale` and `names` are per attribute and stay);
+  together; `scale` and `names` are per attribute and stay). The per-token fields of an
+  objective declaring needs().token_logps ([rows, L] log-probs and masks, policy and
+  reference) move with their rows; the reference-free check hands it per-token
+  reference log-probs too;
 - listing order (ranked): listing each prompt's completions in another order, same
   groups and ranks, leaves the loss and the per-prompt metrics unchanged;
 - attribute order (attribute models): permuting the attributes of the schema (the

@@ -97,3 +97,59 @@ def test_a_per_example_loss_stops_fit_with_the_contract_error(tiny_model, dpo_mo
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(PluginError, match=r"objective 'dpo' .* must be a scalar tensor"):
         trainer.fit(module, train_dataloaders=loader)
+
+
+def test_per_token_log_probs_reach_the_objective_when_asked(tiny_model, dpo_module, pair_batch):
+    """needs().token_logps: PairwiseLogps carries per-token log-probs and masks of policy
+    and reference, equal to log_softmax of the model's own logits at the completion tokens."""
+    import dataclasses
+
+    from prefopt.objective import Needs
+
+    module = dpo_module(tiny_model)
+    plain, _ = module.loss_inputs(pair_batch)
+    assert plain.chosen_token_logps is None and plain.ref_rejected_token_logps is None
+
+    needs = dataclasses.replace(module.needs, token_logps=True)
+    module.needs = needs
+    assert module.needs == Needs(reference=True, token_logps=True)
+    inputs, _ = module.loss_inputs(pair_batch)
+
+    # Independently: the next-token log-softmax of the full logits, rows (c0, r0, c1, r1).
+    ids, attention = pair_batch["input_ids"], pair_batch["attention_mask"]
+    mask = pair_batch["completion_mask"][:, 1:]
+    with torch.no_grad():
+        expected = {}
+        for name, model in (("policy", tiny_model), ("reference", module.reference)):
+            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            expected[name] = torch.log_softmax(logits[:, :-1], -1).gather(
+                -1, ids[:, 1:, None])[..., 0] * mask
+    chosen, rejected = pair_batch["slot"] == 0, pair_batch["slot"] == 1
+    for side, rows in (("chosen", chosen), ("rejected", rejected)):
+        token_mask = getattr(inputs, f"{side}_token_mask")
+        policy = getattr(inputs, f"{side}_token_logps")
+        reference = getattr(inputs, f"ref_{side}_token_logps")
+        assert token_mask.dtype == torch.bool and torch.equal(token_mask, mask[rows])
+        assert torch.equal(token_mask.sum(-1), getattr(inputs, f"{side}_tokens"))
+        torch.testing.assert_close(policy.detach(), expected["policy"][rows], atol=1e-5,
+                                   rtol=1e-5)
+        torch.testing.assert_close(reference, expected["reference"][rows], atol=1e-5, rtol=1e-5)
+        assert policy.requires_grad and not reference.requires_grad
+        torch.testing.assert_close(policy.sum(-1), getattr(inputs, side))
+        torch.testing.assert_close(reference.sum(-1), getattr(inputs, f"ref_{side}"))
+
+
+def test_cached_reference_cannot_serve_per_token_log_probs(tiny_model):
+    from prefopt.objective import Needs
+    from prefopt.plugins.dpo import DPO
+    from prefopt.training.module import PreferenceModule
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
+
+    class TokenDPO(DPO):
+        def needs(self):
+            return Needs(reference=True, token_logps=True)
+
+    with pytest.raises(ValueError, match=r"reference=cached stores summed reference log-probs "
+                                         r"only, but objective 'dpo' needs per-token ones"):
+        PreferenceModule(tiny_model, None, TokenDPO(TokenDPO.Config(name="dpo")),
+                         OptimizerConfig(), SchedulerConfig(), reference_cached=True)
