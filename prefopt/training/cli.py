@@ -75,6 +75,7 @@ def plugins_entry(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     try:
         plugins, presets = registry.discover(), registry.presets()
+        reward_rows = rewards.listing()
     except registry.PluginError as exc:
         sys.exit(f"prefopt-plugins: error: {exc}")
     rows = [("name", "distribution", "batch format", "description")]
@@ -89,10 +90,8 @@ def plugins_entry(argv: list[str] | None = None) -> None:
         source = preset.source
         rows.append((name, f"{source.distribution} {source.version}", "preset",
                      f"values in {preset.file}"))
-    for name, entry in sorted(rewards.entry_points().items()):  # reward.function=<name>
-        dist = entry.dist
-        rows.append((name, f"{dist.name} {dist.version}" if dist else "?", "reward",
-                     f"reward function {entry.value}"))
+    for name, dist, what in reward_rows:  # reward.function=<name>
+        rows.append((name, dist, "reward", what))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
