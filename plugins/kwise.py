@@ -51,7 +51,12 @@ def ranking_metrics(rewards: torch.Tensor, ranks: torch.Tensor, group: torch.Ten
                     ) -> dict[str, torch.Tensor]:
     """rewards/* for rankings, per group: the best-ranked items as `chosen`, the worst as
     `rejected`, and the share of correctly ordered pairs (ties in reward count ½) as
-    `accuracies`; at K = 2 these are the pairwise metrics."""
+    `accuracies`; at K = 2 these are the pairwise metrics.
+
+    A prompt whose completions all share one rank (or that has a single completion) holds
+    no ordered pair: it has no accuracy, and is left out of `accuracies`, which holds one
+    value per prompt with an ordered pair, in group order ([G'], G' ≤ G). So a policy
+    equal to its reference scores exactly ½, whatever the ties."""
     rewards = rewards.detach()
     n = int(group.max()) + 1
     same = group[:, None] == group[None, :]
@@ -76,7 +81,7 @@ def ranking_metrics(rewards: torch.Tensor, ranks: torch.Tensor, group: torch.Ten
     chosen, rejected = mean_where(ranks == top[group]), mean_where(ranks == bottom[group])
     return {"rewards/chosen": chosen, "rewards/rejected": rejected,
             "rewards/margins": chosen - rejected,
-            "rewards/accuracies": correct / pairs.clamp(min=1)}
+            "rewards/accuracies": (correct / pairs.clamp(min=1))[pairs > 0]}
 
 
 class KWise(Objective):

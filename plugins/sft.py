@@ -7,6 +7,10 @@ preferred completions (x, y_w)"). For a batch of B pairs,
     average=token:     L = − Σ_b Σ_t log π(y_w,b,t | x_b, y_w,b,<t) / Σ_b |y_w,b|
     average=sequence:  L = − mean_b (1/|y_w,b|) Σ_t log π(y_w,b,t | x_b, y_w,b,<t)
 
+A completion of 0 tokens (everything truncated away) adds nothing to either sum; a batch
+whose completions hold no token at all has the loss 0, not 0/0. In the per-sequence
+average such a completion counts as a 0.
+
 The rejected completions are not trained on; they only feed the shared metrics, with the
 reference-free implicit reward log π(y) (β = 1): `rewards/accuracies` is then the share of
 pairs whose preferred completion the policy already finds more likely. It is the usual
@@ -50,9 +54,10 @@ class SFT(Objective):
         return Needs(reference=False)
 
     def loss(self, inputs: PairwiseLogps) -> LossOutput:
-        tokens = inputs.chosen_tokens.clamp(min=1)
+        tokens = inputs.chosen_tokens.clamp(min=1)  # per completion: 0 / 1 for an empty one
         if self.config.average == Average.token:
-            loss = -inputs.chosen.sum() / tokens.sum()
+            # Σ n, guarded only for a batch without any token (then Σ log π is 0 too).
+            loss = -inputs.chosen.sum() / inputs.chosen_tokens.sum().clamp(min=1)
         else:
             loss = -(inputs.chosen / tokens).mean()
         metrics = preference_metrics(inputs.chosen, inputs.rejected)

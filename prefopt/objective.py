@@ -3,7 +3,8 @@
 An objective is a subclass of `Objective` with
 
 - `Config`: a dataclass deriving from `ObjectiveConfig`; it is the objective's Hydra schema
-  (group `objective`), so every field needs a type, a default and a docstring comment;
+  (group `objective`), so every field needs a type, a default and a docstring comment, and
+  it refuses settings it does not declare;
 - `batch_format`: which records it consumes (`BatchFormat`);
 - `needs()`: what the training module must compute for it (`Needs`);
 - `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities.
@@ -22,6 +23,7 @@ on a format by itself.
 from __future__ import annotations
 
 import abc
+import difflib
 import enum
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Mapping
@@ -56,7 +58,9 @@ class Needs:
     """What an objective asks the training module to provide."""
 
     reference: bool = True  # log-probs under a frozen reference model
-    token_logps: bool = False  # per-token log-probs, not only sums over the completion
+    # Per-token log-probs, not only sums over the completion: the offline inputs then carry
+    # `*token_logps` and `*token_mask` fields ([rows, L]), the online ones always do.
+    token_logps: bool = False
     entropy: bool = False  # per-token entropy with gradient (it is always logged, detached)
     mismatched_pairs: bool = False  # log-ratios of (prompt_i, completion_i+1): KL estimates
     reward_model: bool = False  # train a scalar-head reward model: loss() gets scores
@@ -69,11 +73,33 @@ class Needs:
             object.__setattr__(self, "value_model", ValueModel(self.value_model))
 
 
+class UnknownSettingError(ValueError):
+    """A setting that the objective's Config does not declare, e.g. `+objective.typo=1`."""
+
+
 @dataclass
 class ObjectiveConfig:
-    """Base of every objective's Config. The registry fills `name` with the entry-point name."""
+    """Base of every objective's Config. The registry fills `name` with the entry-point name.
+
+    Only declared fields can be set. Hydra refuses `objective.typo=1` by the schema, but a
+    `+` forces the key into the composed config, and OmegaConf's conversion back to the
+    dataclass then sets it as a plain attribute that the objective never reads: that is
+    refused here, naming the key and the fields there are."""
 
     name: str = ""
+
+    def __setattr__(self, key: str, value) -> None:
+        fields = self.__dataclass_fields__
+        if key not in fields and not key.startswith("_"):
+            declared = [f for f in fields if f != "name"]
+            close = difflib.get_close_matches(key, declared, n=1)
+            hint = f" Did you mean objective.{close[0]}?" if close else ""
+            raise UnknownSettingError(
+                f"objective.{key}: objective '{getattr(self, 'name', '')}' has no setting "
+                f"'{key}' (its settings: {', '.join(declared) or 'none'}).{hint} A + in "
+                "front of an override does not add settings to an objective: its Config "
+                "declares them all.")
+        object.__setattr__(self, key, value)
 
 
 def require_positive(config: ObjectiveConfig, *fields: str) -> None:
@@ -84,12 +110,21 @@ def require_positive(config: ObjectiveConfig, *fields: str) -> None:
             raise ValueError(f"objective.{field_name} must be > 0, got {value}")
 
 
+# Per-token fields of the offline inputs, filled only when needs().token_logps (None
+# otherwise). [rows, L] over the L positions that predict a token of the collated batch
+# (its width - 1): `*token_logps` are log π(y_t | x, y_<t) at the completion's tokens and
+# 0 elsewhere, `*token_mask` (bool) marks those tokens (contiguous, with padding after
+# them), so (token_logps * mask).sum(-1) is the summed field; `ref_*token_logps` are the
+# reference's, on the same mask, without gradient (None without a reference model).
+
+
 @dataclass
 class PairwiseLogps:
     """Summed completion log-probabilities of a batch of B preference pairs.
 
     `*_tokens` count the completion tokens that were summed (for length normalisation).
-    The reference fields are None when the objective needs no reference model.
+    The reference fields are None when the objective needs no reference model; the
+    per-token ones (see above) unless it declares `needs().token_logps`.
     """
 
     chosen: torch.Tensor  # [B] Σ_t log π(y_w,t | x, y_w,<t)
@@ -98,6 +133,12 @@ class PairwiseLogps:
     rejected_tokens: torch.Tensor  # [B]
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
+    chosen_token_logps: torch.Tensor | None = None  # [B, L]
+    rejected_token_logps: torch.Tensor | None = None  # [B, L]
+    chosen_token_mask: torch.Tensor | None = None  # [B, L] bool
+    rejected_token_mask: torch.Tensor | None = None  # [B, L] bool
+    ref_chosen_token_logps: torch.Tensor | None = None  # [B, L]
+    ref_rejected_token_logps: torch.Tensor | None = None  # [B, L]
 
 
 @dataclass
@@ -111,6 +152,9 @@ class UnpairedLogps:
     # Mean over mismatched (x_i, y_i+1) pairs of Σ_t log π/π_ref, detached and averaged
     # across devices; None unless the objective declares `mismatched_pairs`.
     kl_ratio: torch.Tensor | None = None
+    token_logps: torch.Tensor | None = None  # [B, L], with needs().token_logps
+    token_mask: torch.Tensor | None = None  # [B, L] bool
+    ref_token_logps: torch.Tensor | None = None  # [B, L]
 
 
 @dataclass
@@ -123,6 +167,9 @@ class RankedLogps:
     ranks: torch.Tensor  # [M]
     group: torch.Tensor  # [M] in [0, G)
     ref_logps: torch.Tensor | None = None
+    token_logps: torch.Tensor | None = None  # [M, L], with needs().token_logps
+    token_mask: torch.Tensor | None = None  # [M, L] bool
+    ref_token_logps: torch.Tensor | None = None  # [M, L]
 
 
 @dataclass
@@ -133,6 +180,9 @@ class ResponseLogps:
     logps: torch.Tensor  # [B]
     tokens: torch.Tensor  # [B]
     ref_logps: torch.Tensor | None = None
+    token_logps: torch.Tensor | None = None  # [B, L], with needs().token_logps
+    token_mask: torch.Tensor | None = None  # [B, L] bool
+    ref_token_logps: torch.Tensor | None = None  # [B, L]
 
 
 @dataclass
@@ -218,6 +268,26 @@ class LossOutput:
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def loss_output_problem(out, needs_grad: bool, source: str = "the policy's log-probs"
+                        ) -> str | None:
+    """What breaks the contract in what `loss()` returned, or None: a LossOutput whose
+    `loss` is a scalar tensor, with a gradient where `needs_grad` (a training step; `source`
+    says what it should depend on). Finiteness is checked where the value is read (the
+    training module's metric check, the conformance kit). The training module and the
+    conformance kit both use it, so they refuse the same thing in the same words."""
+    if not isinstance(out, LossOutput):
+        return f"loss() returned {type(out).__name__}, not a LossOutput"
+    loss = out.loss
+    if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
+        got = f"shape {list(loss.shape)}" if isinstance(loss, torch.Tensor) \
+            else type(loss).__name__
+        return (f"LossOutput.loss must be a scalar tensor, got {got}: reduce the "
+                "per-example losses to one number (e.g. losses.mean())")
+    if needs_grad and not loss.requires_grad:
+        return f"the loss carries no gradient: it does not depend on {source}"
+    return None
 
 
 class Objective(abc.ABC):
@@ -334,32 +404,57 @@ class AttributeScale:
     scale: torch.Tensor  # [A] max - min
 
 
+@dataclass
+class TokenLogps:
+    """Per-token log-probs of a batch's rows, for objectives declaring needs().token_logps:
+    [R, L] over the positions that predict a token, 0 off `mask`."""
+
+    logps: torch.Tensor  # [R, L] log π(y_t | x, y_<t), with gradient
+    mask: torch.Tensor  # [R, L] bool: the completion's tokens
+    ref_logps: torch.Tensor | None = None  # [R, L] log π_ref(y_t | x, y_<t), no gradient
+
+
 # An objective on log-probs: (rows, Σ log π [R], token counts [R], Σ log π_ref [R] or None,
-# kl_ratio or None) -> its loss input.
+# kl_ratio or None, per-token log-probs or None) -> its loss input.
 LogpsBuilder = Callable[[Rows, torch.Tensor, torch.Tensor, "torch.Tensor | None",
-                         "torch.Tensor | None"], object]
+                         "torch.Tensor | None", "TokenLogps | None"], object]
 # A reward model: (rows, head outputs [R, K], attribute scale or None) -> its loss input.
 ScoresBuilder = Callable[[Rows, torch.Tensor, "AttributeScale | None"], object]
 
 
-def _pairwise_logps(rows, logps, tokens, ref, kl_ratio):
+def _token_fields(per_token: TokenLogps | None, select=slice(None), side: str = ""
+                  ) -> dict[str, torch.Tensor | None]:
+    """The per-token fields of a loss input (`side`: "chosen_", "rejected_" or "") for the
+    rows `select`; none without per-token log-probs."""
+    if per_token is None:
+        return {}
+    ref = per_token.ref_logps
+    return {f"{side}token_logps": per_token.logps[select],
+            f"{side}token_mask": per_token.mask[select],
+            f"ref_{side}token_logps": ref[select] if ref is not None else None}
+
+
+def _pairwise_logps(rows, logps, tokens, ref, kl_ratio, per_token=None):
     c, r = rows.slot == 0, rows.slot == 1
     return PairwiseLogps(chosen=logps[c], rejected=logps[r], chosen_tokens=tokens[c],
                          rejected_tokens=tokens[r],
                          ref_chosen=ref[c] if ref is not None else None,
-                         ref_rejected=ref[r] if ref is not None else None)
+                         ref_rejected=ref[r] if ref is not None else None,
+                         **_token_fields(per_token, c, "chosen_"),
+                         **_token_fields(per_token, r, "rejected_"))
 
 
-def _unpaired_logps(rows, logps, tokens, ref, kl_ratio):
-    return UnpairedLogps(logps, tokens, rows.batch["labels"], ref, kl_ratio)
+def _unpaired_logps(rows, logps, tokens, ref, kl_ratio, per_token=None):
+    return UnpairedLogps(logps, tokens, rows.batch["labels"], ref, kl_ratio,
+                         **_token_fields(per_token))
 
 
-def _ranked_logps(rows, logps, tokens, ref, kl_ratio):
-    return RankedLogps(logps, tokens, rows.ranks, rows.group, ref)
+def _ranked_logps(rows, logps, tokens, ref, kl_ratio, per_token=None):
+    return RankedLogps(logps, tokens, rows.ranks, rows.group, ref, **_token_fields(per_token))
 
 
-def _response_logps(rows, logps, tokens, ref, kl_ratio):
-    return ResponseLogps(logps, tokens, ref)
+def _response_logps(rows, logps, tokens, ref, kl_ratio, per_token=None):
+    return ResponseLogps(logps, tokens, ref, **_token_fields(per_token))
 
 
 def _pairwise_scores(rows, outputs, attributes):

@@ -36,9 +36,14 @@ from omegaconf import OmegaConf
 from prefopt.objective import API_VERSION, Objective, ObjectiveConfig
 
 ENTRY_POINT_GROUP = "prefopt.objectives"
+# Reward functions of online objectives (prefopt.online.rewards): the same rules as
+# objectives, read from metadata here.
+REWARD_GROUP = "prefopt.rewards"
 CONFIG_PATH_GROUP = "prefopt.config_paths"
 CONFIG_GROUP = "objective"
 SOURCE_SCHEME = "prefopt-objectives"
+REWARD_CONFIG_GROUP = "reward"
+REWARD_SOURCE_SCHEME = "prefopt-rewards"
 
 # A name must survive Hydra's override grammar (`objective=<name>`) and be a file stem.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
@@ -122,12 +127,13 @@ def _package_locations(module: str) -> list[str] | None:
     return list(spec.submodule_search_locations or [])  # empty for a single-file module
 
 
-def _metadata_problem(name: str, value: str) -> str | None:
+def _metadata_problem(name: str, value: str, selector: str = "objective=<name>",
+                      target: str = "Class") -> str | None:
     if not _NAME.match(name):
-        return ("its name is not usable as `objective=<name>` (letters, digits, '_' and '-', "
+        return (f"its name is not usable as `{selector}` (letters, digits, '_' and '-', "
                 "starting with a letter or '_')")
     if not _OBJECT_REF.match(value):
-        return f"its value {value!r} is not of the form 'package.module:Class'"
+        return f"its value {value!r} is not of the form 'package.module:{target}'"
     if _package_locations(value) is None:
         return f"its package '{value.partition('.')[0].partition(':')[0]}' is not installed"
     return None
@@ -140,20 +146,33 @@ def discover() -> dict[str, PluginInfo]:
     Two distributions declaring one name is an error naming both: which one trains would
     depend on sys.path order, and a third party must never silently replace a built-in.
     """
+    return _discover(ENTRY_POINT_GROUP, "objective", "objective=<name>", "Class")
+
+
+@functools.cache
+def discover_rewards() -> dict[str, PluginInfo]:
+    """All declared reward functions by name (`reward.function=<name>`), by the objectives'
+    rules: metadata only, a name two distributions declare is an error naming both, and
+    what metadata shows unusable is a warning (and `problem`)."""
+    return _discover(REWARD_GROUP, "reward", "reward.function=<name>", "function")
+
+
+def _discover(group: str, kind: str, selector: str, target: str) -> dict[str, PluginInfo]:
     found: dict[str, PluginInfo] = {}
-    for ep in _entry_points().select(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points().select(group=group):
         dist, version = _distribution(ep)
-        info = PluginInfo(ep.name, ep.value, dist, version, _metadata_problem(ep.name, ep.value))
+        info = PluginInfo(ep.name, ep.value, dist, version,
+                          _metadata_problem(ep.name, ep.value, selector, target))
         if ep.name in found:
-            raise PluginError(f"two distributions declare the objective '{ep.name}': "
+            raise PluginError(f"two distributions declare the {kind} '{ep.name}': "
                               f"{found[ep.name].origin} and {info.origin}. "
                               "Uninstall one of them or rename its entry point.")
         found[ep.name] = info
     for info in found.values():
         if info.problem:
-            warnings.warn(f"objective '{info.name}' from {info.origin} cannot be loaded: "
-                          f"{info.problem}. The other objectives are unaffected.",
-                          PluginWarning, stacklevel=2)
+            warnings.warn(f"{kind} '{info.name}' from {info.origin} cannot be loaded: "
+                          f"{info.problem}. The other {kind}s are unaffected.",
+                          PluginWarning, stacklevel=3)
     return found
 
 
@@ -211,7 +230,7 @@ def presets() -> dict[str, Preset]:
 
 def clear_caches() -> None:
     """Forget what was read and loaded (tests that add distributions to sys.path)."""
-    for cached in (_entry_points, discover, config_paths, presets, load):
+    for cached in (_entry_points, discover, discover_rewards, config_paths, presets, load):
         cached.cache_clear()
 
 
@@ -338,12 +357,62 @@ class ObjectiveSource(ConfigSource):
                             config=node, header={"package": None})
 
 
+class RewardSource(ConfigSource):
+    """Group `reward` for Hydra: `reward=<name>` of an installed reward function is
+    `reward.function=<name>`. prefopt's own configs (synthetic, model) come first in the
+    search path; any other name reaches this source, which refuses one that is not
+    installed with a message pointing at `reward.function=`."""
+
+    @staticmethod
+    def scheme() -> str:
+        return REWARD_SOURCE_SCHEME
+
+    @staticmethod
+    def _name(config_path: str) -> str | None:
+        group, _, name = config_path.strip("/").partition("/")
+        if group != REWARD_CONFIG_GROUP or not name or "/" in name:
+            return None
+        return name.removesuffix(".yaml")
+
+    def available(self) -> bool:
+        return True
+
+    def is_group(self, config_path: str) -> bool:
+        return config_path.strip("/") in ("", REWARD_CONFIG_GROUP)
+
+    def is_config(self, config_path: str) -> bool:
+        return self._name(config_path) is not None
+
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        path = config_path.strip("/")
+        if path == "" and results_filter in (None, ObjectType.GROUP):
+            return [REWARD_CONFIG_GROUP]
+        if path == REWARD_CONFIG_GROUP and results_filter in (None, ObjectType.CONFIG):
+            return sorted(discover_rewards())
+        return []
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        name = self._name(config_path)
+        rewards = discover_rewards()
+        if name not in rewards:
+            raise PluginLoadError(
+                f"reward={name}: no reward config or installed reward function '{name}' "
+                f"(installed: {', '.join(sorted(rewards)) or 'none'}); a function is chosen "
+                f"with reward.function={name} (an entry-point name or "
+                "package.module:function), a reward model with reward=model "
+                "reward.model=<dir>")
+        node = OmegaConf.create({"function": name, "model": None})
+        return ConfigResult(provider=rewards[name].distribution, path=self.full_path(),
+                            config=node, header={"package": None})
+
+
 class ObjectiveSearchPath(SearchPathPlugin):
     """Adds the objectives and the plugins' config packages to every Hydra search path."""
 
     def manipulate_search_path(self, search_path) -> None:
         # After the primary config, so a plugin's presets never replace prefopt's configs.
         search_path.append("prefopt-objectives", f"{SOURCE_SCHEME}://")
+        search_path.append("prefopt-rewards", f"{REWARD_SOURCE_SCHEME}://")
         for path in config_paths():
             if path.directory is not None:
                 search_path.append(path.distribution, f"file://{path.directory}")
@@ -351,8 +420,10 @@ class ObjectiveSearchPath(SearchPathPlugin):
 
 
 def register_configs() -> None:
-    """Make every installed objective selectable as `objective=<name>` in Hydra apps
-    started after this call (`prefopt-train`, the compose API). Imports no plugin."""
+    """Make every installed objective selectable as `objective=<name>`, and every installed
+    reward function as `reward=<name>`, in Hydra apps started after this call
+    (`prefopt-train`, the compose API). Imports no plugin."""
     plugins = Plugins.instance()
     plugins.register(ObjectiveSource)
+    plugins.register(RewardSource)
     plugins.register(ObjectiveSearchPath)

@@ -96,15 +96,25 @@ class DataReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     truncated: Counter = field(default_factory=Counter)
+    # Kept records whose completions all share one rank: they hold no ordered pair, so
+    # they train the loss (ties) but have no `rewards/accuracies`. None where records carry
+    # no ranks (unpaired, attributed, prompts); always 0 for pairs.
+    no_ordered_pair: int | None = None
 
     def as_dict(self) -> dict:
-        return {"records": self.records, "kept": self.kept, "skipped": dict(self.skipped),
-                "truncated": dict(self.truncated)}
+        report = {"records": self.records, "kept": self.kept, "skipped": dict(self.skipped),
+                  "truncated": dict(self.truncated)}
+        if self.no_ordered_pair is not None:
+            report["no_ordered_pair"] = self.no_ordered_pair
+        return report
 
     def summary(self) -> str:
         parts = [f"{self.kept}/{self.records} records kept"]
         parts += [f"skipped {n} ({why})" for why, n in sorted(self.skipped.items())]
         parts += [f"truncated {n} ({what})" for what, n in sorted(self.truncated.items())]
+        if self.no_ordered_pair:
+            parts.append(f"{self.no_ordered_pair} kept with no ordered pair (all ranks equal: "
+                         "left out of rewards/accuracies)")
         return ", ".join(parts)
 
 
@@ -269,6 +279,8 @@ class Encoder:
             groups = [g and self._attributed(r, g, b) for r, g, b in zip(admitted, groups, bare)]
         kept = [g for g in groups if g is not None]
         report.kept = len(kept)
+        if any(g.ranks is not None for g in kept):
+            report.no_ordered_pair = sum(len(set(g.ranks)) < 2 for g in kept)
         return kept, report
 
     def _bare_text(self, record: Record) -> str:

@@ -5,8 +5,11 @@ the record's prompt (a string or chat messages) and `completion` the decoded sam
 (special tokens removed). It is named in `reward.function` by
 
 - the name of an entry point in the group `prefopt.rewards`, so that a package publishes
-  rewards exactly as it publishes objectives; prefopt's own `synthetic` (the built-in
-  task's graded score, `prefopt.data.synthetic.score`, in [0, 1]) is registered there;
+  rewards exactly as it publishes objectives, under the same rules (prefopt.registry:
+  a name two distributions declare is an error naming both, a broken entry point is
+  reported with its distribution and error; `reward=<name>` selects one too); prefopt's
+  own `synthetic` (the built-in task's graded score, `prefopt.data.synthetic.score`, in
+  [0, 1]) is registered there;
 - or a dotted path, `package.module:function` (or `package.module.function`).
 
 `reward.model` names a reward model saved by prefopt-train (objective=reward_bt or
@@ -19,8 +22,8 @@ would only hide the bug.
 
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.metadata
 import math
 import numbers
 from dataclasses import dataclass
@@ -28,9 +31,10 @@ from typing import Callable, Optional
 
 import torch
 
+from prefopt import registry
 from prefopt.data.records import Text
 
-REWARD_GROUP = "prefopt.rewards"
+REWARD_GROUP = registry.REWARD_GROUP
 
 
 class RewardError(ValueError):
@@ -107,8 +111,11 @@ class ModelReward:
         return self
 
 
-def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=REWARD_GROUP)}
+def entry_points() -> dict[str, registry.PluginInfo]:
+    """The reward functions declared here, by entry-point name, from metadata (the
+    objectives' rules: prefopt.registry.discover_rewards; two distributions declaring one
+    name is a PluginError naming both)."""
+    return registry.discover_rewards()
 
 
 def available() -> list[str]:
@@ -116,16 +123,37 @@ def available() -> list[str]:
     return sorted(entry_points())
 
 
+def _load_entry(spec: str, info: registry.PluginInfo) -> Callable:
+    if info.problem:
+        raise RewardError(f"reward.function={spec}: the reward '{spec}' from {info.origin} "
+                          f"cannot be loaded: {info.problem}")
+    module, _, attr = info.value.partition(":")
+    try:
+        return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+    except Exception as exc:
+        raise RewardError(f"reward.function={spec}: the reward '{spec}' from {info.origin} "
+                          f"failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def listing() -> list[tuple[str, str, str]]:
+    """(name, "distribution version", what it is) of every declared reward function, each
+    loaded (a listing: importing them is the point); one that fails says `BROKEN: why`."""
+    rows = []
+    for name, info in sorted(entry_points().items()):
+        try:
+            resolve_function(name)
+            what = f"reward function {info.value}"
+        except RewardError as exc:
+            what = f"BROKEN: {exc}"
+        rows.append((name, f"{info.distribution} {info.version}", what))
+    return rows
+
+
 def resolve_function(spec: str) -> Callable:
     """The function an entry-point name or a dotted path names."""
-    entry = entry_points().get(spec)
-    if entry is not None:
-        try:
-            fn = entry.load()
-        except Exception as exc:
-            dist = entry.dist.name if entry.dist else "?"
-            raise RewardError(f"reward.function={spec}: the entry point {entry.value} of "
-                              f"{dist} does not load: {type(exc).__name__}: {exc}") from exc
+    info = entry_points().get(spec)
+    if info is not None:
+        fn = _load_entry(spec, info)
     else:
         module, sep, attr = spec.partition(":")
         if not sep:

@@ -15,7 +15,7 @@ assertion) that names the property and by how much it failed. What is checked:
 - entry point: `name` is installed in `prefopt.objectives` and loads this class;
 - config: `prefopt-train`'s real config composes with `objective=<name>`, every field
   overridden on the command line, and converts back to the Config dataclass; an unknown
-  key and a value of the wrong type are refused.
+  key (also one forced in with a `+`) and a value of the wrong type are refused.
 
 The tensor checks run on exactly what `PreferenceModule.loss_inputs` hands the objective
 for one batch of 7 synthetic records of its format (pairs, unpaired examples with both
@@ -40,7 +40,8 @@ their attribute line, as prefopt-train feeds an attribute model):
     unpaired: per example [B], or over one class in batch order: the desirable examples
       [n_D] (`values[labels]`) or the undesirable ones [n_U] (`values[~labels]`);
     ranked (log-probs or scores): per prompt [G] (indexed by group id) or per completion
-      [M];
+      [M]; or per ordered prompt [G'] (the prompts with two different ranks, by group id,
+      as `rewards/accuracies` leaves out the prompts without an ordered pair);
     attributed, log-probs: per response [B];
     attributed, attribute model: per response [B], or over the responses that give one
       attribute a, in batch order [n_a] (`values[present[:, a]]`); there are no
@@ -70,7 +71,10 @@ their attribute line, as prefopt-train feeds an attribute model):
   re-collating in another order may legitimately change it. Ranked inputs reorder whole
   prompts (group ids relabelled, rows moved with their prompt). Attributed inputs
   reorder responses (an attribute model's predictions, targets and present rows
-  together; `scale` and `names` are per attribute and stay);
+  together; `scale` and `names` are per attribute and stay). The per-token fields of an
+  objective declaring needs().token_logps ([rows, L] log-probs and masks, policy and
+  reference) move with their rows; the reference-free check hands it per-token
+  reference log-probs too;
 - listing order (ranked): listing each prompt's completions in another order, same
   groups and ranks, leaves the loss and the per-prompt metrics unchanged;
 - attribute order (attribute models): permuting the attributes of the schema (the

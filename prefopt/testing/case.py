@@ -24,6 +24,7 @@ from prefopt.objective import (
     Objective,
     PairwiseScores,
     RankedScores,
+    loss_output_problem,
     unfeedable,
 )
 from prefopt.testing.errors import ConformanceError
@@ -211,17 +212,16 @@ def _check_loss_and_gradients(out: LossOutput, model: torch.nn.Module, inputs) -
         owner, outputs = ("reward model", "scores")
     elif isinstance(inputs, AttributeScores):
         owner, outputs = ("reward model", "attribute predictions")
-    if not isinstance(out, LossOutput):
-        raise ConformanceError(f"loss() returned {type(out).__name__}, not a LossOutput")
+    # The same words as the training module's (prefopt.objective.loss_output_problem).
+    problem = loss_output_problem(out, needs_grad=False)
+    if problem:
+        raise ConformanceError(problem)
     loss = out.loss
-    if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
-        raise ConformanceError(f"LossOutput.loss must be a scalar tensor, got "
-                               f"{getattr(loss, 'shape', type(loss))}")
     if not torch.isfinite(loss):
         raise ConformanceError(f"the loss is not finite on the tiny model: {loss.item()}")
-    if not loss.requires_grad:
-        raise ConformanceError(f"the loss carries no gradient: it does not depend on the "
-                               f"{owner}'s {outputs}")
+    problem = loss_output_problem(out, needs_grad=True, source=f"the {owner}'s {outputs}")
+    if problem:
+        raise ConformanceError(problem)
     loss.backward()
     named = list(model.named_parameters())
     missing = [n for n, p in named if p.grad is None]

@@ -1,7 +1,8 @@
 """The config checks: an objective's Config composes through `prefopt-train`'s real
 Hydra config with `objective=<name>`, every field overridden on the command line, and
-converts back to the Config dataclass; an unknown key and a value of the wrong type are
-refused. `compose_objective` gives plugin authors the same composition, to test a preset.
+converts back to the Config dataclass; an unknown key (also one forced in with a `+`) and
+a value of the wrong type are refused. `compose_objective` gives plugin authors the same
+composition, to test a preset.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import types
 import typing
 
 from prefopt import registry
-from prefopt.objective import Objective, ObjectiveConfig
+from prefopt.objective import Objective, ObjectiveConfig, UnknownSettingError
 from prefopt.testing.errors import ConformanceError
 
 
@@ -170,6 +171,19 @@ def check_config(cls: type[Objective], name: str,
         else:
             raise ConformanceError(f"`objective.{key}=1` was accepted: the Config must be "
                                    "a structured schema that refuses unknown keys")
+        # A `+` forces a key past the schema: converting back to the Config refuses it
+        # (ObjectiveConfig.__setattr__), or the objective would silently ignore it.
+        try:
+            objective_config(f"+objective.{key}=1", expect_failure=True)
+        except (HydraException, UnknownSettingError) as exc:
+            if key not in f"{exc} {exc.__cause__}":
+                raise ConformanceError(f"`+objective.{key}=1` was refused, but the message "
+                                       f"does not name the key: {exc}") from exc
+        else:
+            raise ConformanceError(f"`+objective.{key}=1` was accepted: the Config keeps "
+                                   "an undeclared setting the objective never reads (derive "
+                                   "it from ObjectiveConfig, whose __setattr__ refuses them, "
+                                   "and do not override __setattr__)")
         ran.append("config unknown key")
 
         typed = [f.name for f in fields if _scalar_kind(hints[f.name]) in (int, float, bool)]

@@ -60,11 +60,15 @@ def _differences(a: LossOutput, b: LossOutput, alignment: dict[int, torch.Tensor
 
 REFERENCE_FREE_NOT_APPLICABLE = "reference-free: not applicable (reward models score " \
     "without a reference)"
-# The policy field each reference field mirrors, per log-prob input type.
-REFERENCE_FIELDS = {PairwiseLogps: {"ref_chosen": "chosen", "ref_rejected": "rejected"},
-                    UnpairedLogps: {"ref_logps": "logps"},
-                    RankedLogps: {"ref_logps": "logps"},
-                    ResponseLogps: {"ref_logps": "logps"}}
+# The policy field each reference field mirrors, per log-prob input type (the per-token
+# ones are filled only for objectives declaring needs().token_logps).
+_TOKEN_REFERENCE_FIELDS = {"ref_token_logps": "token_logps"}
+REFERENCE_FIELDS = {PairwiseLogps: {"ref_chosen": "chosen", "ref_rejected": "rejected",
+                                    "ref_chosen_token_logps": "chosen_token_logps",
+                                    "ref_rejected_token_logps": "rejected_token_logps"},
+                    UnpairedLogps: {"ref_logps": "logps", **_TOKEN_REFERENCE_FIELDS},
+                    RankedLogps: {"ref_logps": "logps", **_TOKEN_REFERENCE_FIELDS},
+                    ResponseLogps: {"ref_logps": "logps", **_TOKEN_REFERENCE_FIELDS}}
 
 
 def _check_reference_free(objective: Objective, inputs, batch) -> list[str]:
@@ -100,7 +104,8 @@ def _reference_logps(objective: Objective, batch) -> dict[str, torch.Tensor]:
     reference, _ = _models(reward_head=False, num_labels=1)
     with torch.no_grad():
         inputs, _ = _module(reference, None, objective).loss_inputs(batch)
-    return {ref: getattr(inputs, field) for ref, field in REFERENCE_FIELDS[type(inputs)].items()}
+    return {ref: getattr(inputs, field) for ref, field in REFERENCE_FIELDS[type(inputs)].items()
+            if getattr(inputs, field) is not None}
 
 
 # -- absent values ----------------------------------------------------------------------

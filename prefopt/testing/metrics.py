@@ -47,7 +47,8 @@ SIDE_LAYOUTS = {"rewards/chosen": ("per-pair", "per-prompt", "desirable-example"
                 "rewards/rejected": ("per-pair", "per-prompt", "undesirable-example")}
 _LAYOUT_HINTS = {"desirable-example": " (values[labels])",
                  "undesirable-example": " (values[~labels])",
-                 "per-prompt": " (indexed by group id)"}
+                 "per-prompt": " (indexed by group id)",
+                 "ordered-prompt": " (the prompts with an ordered pair, by group id)"}
 MONITOR_MODES = ("min", "max")
 
 
@@ -79,7 +80,24 @@ def _layouts(inputs, rows: torch.Tensor, prompts: torch.Tensor) -> dict[str, tor
             if not bool(inputs.present[:, a].all()):
                 layouts[_given(attribute)] = rows[inputs.present[:, a]]
         return layouts
-    return {"per-prompt": prompts, "per-completion": rows}
+    layouts = {"per-prompt": prompts, "per-completion": rows}
+    ordered = _ordered_prompts(inputs)
+    if not bool(ordered.all()):  # else it is the per-prompt layout
+        layouts["ordered-prompt"] = prompts[ordered]
+    return layouts
+
+
+def _ordered_prompts(inputs) -> torch.Tensor:
+    """[G] by group id: the prompt holds two completions of different ranks (an ordered
+    pair), so it has a `rewards/accuracies` (prefopt.plugins.kwise.ranking_metrics)."""
+    ranks, group = inputs.ranks, inputs.group
+    n = int(group.max()) + 1
+    top = torch.full((n,), torch.iinfo(ranks.dtype).max, dtype=ranks.dtype,
+                     device=ranks.device).scatter_reduce(
+        0, group, ranks, "amin")
+    bottom = torch.full_like(top, torch.iinfo(ranks.dtype).min).scatter_reduce(
+        0, group, ranks, "amax")
+    return top != bottom
 
 
 def _layouts_of(inputs) -> dict[str, torch.Tensor]:

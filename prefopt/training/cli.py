@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from prefopt import registry
 from prefopt.data.records import RecordError
+from prefopt.objective import UnknownSettingError
 from prefopt.online import rewards
 from prefopt.online.rewards import RewardError
 from prefopt.training.config import ConfigError, register_schema
@@ -20,7 +21,7 @@ log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
 _USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
-                FileNotFoundError, RewardError)
+                FileNotFoundError, RewardError, UnknownSettingError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")
@@ -74,6 +75,7 @@ def plugins_entry(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     try:
         plugins, presets = registry.discover(), registry.presets()
+        reward_rows = rewards.listing()
     except registry.PluginError as exc:
         sys.exit(f"prefopt-plugins: error: {exc}")
     rows = [("name", "distribution", "batch format", "description")]
@@ -88,10 +90,8 @@ def plugins_entry(argv: list[str] | None = None) -> None:
         source = preset.source
         rows.append((name, f"{source.distribution} {source.version}", "preset",
                      f"values in {preset.file}"))
-    for name, entry in sorted(rewards.entry_points().items()):  # reward.function=<name>
-        dist = entry.dist
-        rows.append((name, f"{dist.name} {dist.version}" if dist else "?", "reward",
-                     f"reward function {entry.value}"))
+    for name, dist, what in reward_rows:  # reward.function=<name>
+        rows.append((name, dist, "reward", what))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])

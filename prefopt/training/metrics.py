@@ -79,17 +79,37 @@ def _sums_across_devices(local: dict[str, tuple[torch.Tensor, int]], known: list
     return trainer.strategy.reduce(torch.stack(parts), reduce_op="sum")
 
 
-def check_finite(means: Mapping[str, torch.Tensor], stage: str, step: int) -> None:
-    """Stop on the first NaN or infinite mean, naming it (the loss comes first)."""
+def check_finite(means: Mapping[str, torch.Tensor], stage: str, step: int,
+                 objective: str = "", precision: str | None = None) -> None:
+    """Stop on the first NaN or infinite mean, naming it (the loss comes first), the
+    objective and the phase, with the remedies that fit: before any optimizer step (step 0)
+    no learning rate is to blame, and 32-true is no remedy where the run already uses it."""
     values = torch.stack([v.float().mean() for v in means.values()])  # one device sync
     if bool(torch.isfinite(values).all()):
         return
     for name, mean in zip(means, values):
         if not torch.isfinite(mean):
-            raise NonFiniteError(
-                f"{stage}/{name} became {mean.item()} at step {step}; stopping. Try a lower "
-                "optimizer.lr, gradient clipping (trainer.gradient_clip_val) or "
-                "trainer.precision=32-true.")
+            raise NonFiniteError(f"{stage}/{name} became {mean.item()} at step {step}; "
+                                 f"stopping. {_non_finite_hint(stage, step, objective, precision)}")
+
+
+def _non_finite_hint(stage: str, step: int, objective: str, precision: str | None) -> str:
+    phase = "training" if stage == "train" else "validation"
+    who = f"objective '{objective}'" if objective else "the objective"
+    low_precision = precision is not None and not str(precision).startswith(("32", "64"))
+    precision_hint = f"trainer.precision=32-true (this run uses {precision})"
+    if step == 0:
+        # Nothing has been learned yet: the model is as loaded, the data as read.
+        hint = (f"In {phase}, before any optimizer step: {who} gives it on the model as "
+                "loaded, so the learning rate is not the cause. Check the objective's loss on "
+                "this data (prefopt.testing.check_objective runs it on a tiny model) and the "
+                "data's records")
+        return hint + (f", or try {precision_hint}." if low_precision else ".")
+    remedies = ["a lower optimizer.lr", "gradient clipping (trainer.gradient_clip_val)"]
+    if low_precision:
+        remedies.append(precision_hint)
+    return (f"In {phase}, with {who}, after {step} optimizer steps: try "
+            f"{', '.join(remedies[:-1])} or {remedies[-1]}.")
 
 
 class MetricLog:
@@ -108,8 +128,10 @@ class MetricLog:
         reduced = reduce_across_devices(local_means(metrics, weights, n_groups),
                                         self.known.setdefault(stage, []), module._trainer,
                                         module.device)
+        objective = getattr(getattr(module, "objective", None), "config", None)
         check_finite({name: mean for name, (mean, _) in reduced.items()}, stage,
-                     module.global_step)
+                     module.global_step, objective=getattr(objective, "name", ""),
+                     precision=getattr(module._trainer, "precision", None))
         on_step = stage == "train"
         for name, (mean, weight) in reduced.items():
             # Already the global batch's value on every device: train/ values are those of

@@ -16,7 +16,7 @@ import torch
 
 from prefopt.data.collate import MISMATCHED_SLOT, ROW_KEYS
 from prefopt.logprobs import SequenceLogps
-from prefopt.objective import FORMATS, AttributeScale, Objective, Rows
+from prefopt.objective import FORMATS, AttributeScale, Objective, Rows, TokenLogps
 from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 from prefopt.training.policy import PolicyModule
 
@@ -43,6 +43,10 @@ class PreferenceModule(PolicyModule):
         if self.format.logps is None:
             raise ValueError(f"PreferenceModule does not feed {objective.batch_format.value} "
                              "batches")
+        if self.reference_cached and self.needs.token_logps:
+            raise ValueError(f"reference=cached stores summed reference log-probs only, but "
+                             f"objective '{objective.config.name}' needs per-token ones "
+                             "(needs().token_logps); use reference=model")
         self.schema = schema
         if schema is not None:
             specs = schema.specs
@@ -74,8 +78,10 @@ class PreferenceModule(PolicyModule):
         The inputs are what the format's builder in `prefopt.objective.FORMATS` makes:
         PairwiseLogps / UnpairedLogps / RankedLogps / ResponseLogps, or PairwiseScores /
         RankedScores / AttributeScores for reward models; policy values carry gradients,
-        reference ones do not. The conformance kit (prefopt.testing) uses this to check
-        objectives on exactly what training hands them.
+        reference ones do not. With needs().token_logps the log-prob inputs also carry the
+        per-token log-probs and masks of policy and reference. The conformance kit
+        (prefopt.testing) uses this to check objectives on exactly what training hands
+        them.
         """
         mismatched = batch["slot"] == MISMATCHED_SLOT
         model_rows = {k: v[~mismatched] for k, v in batch.items() if k in ROW_KEYS}
@@ -100,11 +106,19 @@ class PreferenceModule(PolicyModule):
             kl_ratio = self._ratio_mean_across_devices(
                 {k: v[mismatched] for k, v in batch.items() if k in ROW_KEYS})
         ref = data.reference.logps if data.reference is not None else None
-        return self.format.logps(rows, policy.logps, policy.tokens, ref, kl_ratio), data
+        per_token = None
+        if self.needs.token_logps:
+            per_token = TokenLogps(
+                policy.token_logps, model_rows["completion_mask"][:, 1:],
+                data.reference.token_logps if data.reference is not None else None)
+        return self.format.logps(rows, policy.logps, policy.tokens, ref, kl_ratio,
+                                 per_token), data
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, data = self.loss_inputs(batch)
-        out = self.objective.loss(inputs)
+        source = "the reward model's scores" if self.needs.reward_model \
+            else "the policy's log-probs"
+        out = self._checked(self.objective.loss(inputs), stage, source)
         metrics = {"loss": out.loss.detach(), **out.metrics}
         weights: dict[str, int] = {}  # metrics not weighted by the number of examples
         if data.policy is not None:

@@ -16,7 +16,8 @@ import torch
 
 from prefopt.logprobs import SequenceLogps, completion_logps
 from prefopt.models import uses_lora
-from prefopt.objective import Objective
+from prefopt.objective import LossOutput, Objective, loss_output_problem
+from prefopt.registry import PluginError
 from prefopt.training import optim
 from prefopt.training.metrics import MetricLog
 
@@ -61,6 +62,22 @@ class PolicyModule(pl.LightningModule):
             with self.policy.disable_adapter():
                 return self._logps(self.policy, batch, grad=False)
         return self._logps(self.reference, batch, grad=False)
+
+    # -- the contract ------------------------------------------------------------------
+
+    def _checked(self, out: LossOutput, stage: str, source: str) -> LossOutput:
+        """`out` if it keeps the plugin contract (a LossOutput with a scalar loss, with a
+        gradient in a training step); else a PluginError naming the objective, in the
+        conformance kit's words, instead of an autograd traceback from Lightning's
+        backward. Free: no device sync (finiteness is the metric check's)."""
+        training = stage == "train" and torch.is_grad_enabled()
+        problem = loss_output_problem(out, needs_grad=training, source=source)
+        if problem:
+            phase = "training" if stage == "train" else "validation"
+            raise PluginError(f"objective '{self.objective.config.name}' breaks the plugin "
+                              f"contract ({phase}, step {self.global_step}): {problem}. "
+                              "prefopt.testing.check_objective finds this before training.")
+        return out
 
     # -- metrics -----------------------------------------------------------------------
 

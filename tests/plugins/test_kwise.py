@@ -71,3 +71,25 @@ def test_varying_k_and_concordance():
                               t(0, 0, 0, 1, 1, dtype=torch.long))
     torch.testing.assert_close(metrics["rewards/accuracies"], t(2 / 3, 0.5))
     torch.testing.assert_close(metrics["rewards/margins"], t(1.0, 0.0))
+
+
+def test_prompts_without_an_ordered_pair_are_left_out_of_accuracy():
+    # group 0: ranks (1, 2, 3), rewards (2, 1, 0): all 3 pairs right -> 1.
+    # group 1: one completion; group 2: two completions tied at rank 1. Neither holds a pair
+    # with a preference, so neither has an accuracy: the mean is 1, not (1 + 0 + 0) / 3.
+    metrics = ranking_metrics(t(2.0, 1.0, 0.0, 4.0, 3.0, 5.0),
+                              t(1, 2, 3, 1, 1, 1, dtype=torch.long),
+                              t(0, 0, 0, 1, 2, 2, dtype=torch.long))
+    torch.testing.assert_close(metrics["rewards/accuracies"], t(1.0))
+    # The per-prompt rewards still cover every prompt (best minus worst: 2, 0, 0).
+    torch.testing.assert_close(metrics["rewards/margins"], t(2.0, 0.0, 0.0))
+
+
+def test_a_policy_equal_to_its_reference_scores_one_half():
+    # Every implicit reward is 0: each ordered pair is a tie, worth ½ (README, metrics).
+    logps = t(-3.0, -4.0, -5.0, -2.0, -6.0, -6.5)
+    ranks = t(1, 2, 3, 1, 1, 1, dtype=torch.long)
+    group = t(0, 0, 0, 1, 2, 2, dtype=torch.long)
+    out = KWise(KWise.Config(beta=0.1)).loss(RankedLogps(logps, torch.ones(6), ranks, group,
+                                                         logps.clone()))
+    assert out.metrics["rewards/accuracies"].mean().item() == 0.5

@@ -56,3 +56,20 @@ def test_reward_models_train_a_scalar_head_without_reference():
     for cls in (RewardBT, RewardPL):
         needs = cls(cls.Config()).needs()
         assert needs.reward_model and not needs.reference
+
+
+def test_plackett_luce_centring_at_k2_is_a_quarter_of_bradley_terrys():
+    # reward_pl penalises η (mean of a prompt's rewards)² = η ((r_w + r_l) / 2)², a quarter
+    # of reward_bt's η (r_w + r_l)²: K = 2 is Bradley–Terry only at η = 0 (README).
+    chosen, rejected = t(2.0, -1.0), t(0.5, 0.0)
+    eta = 0.1
+    bt = [RewardBT(RewardBT.Config(center_coefficient=c)).loss(
+        PairwiseScores(chosen, rejected, torch.zeros(2))).loss.item() for c in (0.0, eta)]
+    scores = torch.stack([chosen, rejected], 1).reshape(-1)
+    ranks, group = torch.tensor([1, 2, 1, 2]), torch.tensor([0, 0, 1, 1])
+    pl = [RewardPL(RewardPL.Config(center_coefficient=c)).loss(
+        RankedScores(scores, ranks, group)).loss.item() for c in (0.0, eta)]
+    # centring terms: BT mean of η (2.5², 1²) = 0.1 · 7.25 / 2 = 0.3625; PL a quarter: 0.090625
+    assert bt[1] - bt[0] == pytest.approx(0.3625)
+    assert pl[1] - pl[0] == pytest.approx(0.090625)
+    assert pl[0] == pytest.approx(bt[0])

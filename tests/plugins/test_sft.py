@@ -30,3 +30,24 @@ def test_rejected_completions_only_feed_the_metrics():
     assert out.metrics["rewards/accuracies"].tolist() == [0.0, 1.0]
     torch.testing.assert_close(out.metrics["sft/nll_per_token"], torch.tensor([1.0, 2.0]))
     assert SFT(SFT.Config(name="sft")).needs().reference is False
+
+
+def test_token_average_divides_by_the_total_token_count():
+    # A completion of 0 tokens adds nothing to the sum and nothing to the count:
+    # L = (3 + 0) / (3 + 0) = 1, not 3 / (3 + max(0, 1)) = 0.75.
+    inputs = PairwiseLogps(chosen=torch.tensor([-3.0, 0.0]), rejected=torch.tensor([-1.0, -1.0]),
+                           chosen_tokens=torch.tensor([3, 0]),
+                           rejected_tokens=torch.tensor([1, 1]))
+    out = SFT(SFT.Config(name="sft", average="token")).loss(inputs)
+    assert out.loss.item() == pytest.approx(1.0)
+
+
+def test_token_average_of_a_batch_without_tokens_is_zero_not_nan():
+    chosen = torch.zeros(2, requires_grad=True)
+    inputs = PairwiseLogps(chosen=chosen, rejected=torch.tensor([-1.0, -1.0]),
+                           chosen_tokens=torch.tensor([0, 0]),
+                           rejected_tokens=torch.tensor([1, 1]))
+    out = SFT(SFT.Config(name="sft", average="token")).loss(inputs)
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+    assert torch.isfinite(chosen.grad).all()

@@ -126,3 +126,28 @@ def test_build_refuses_needs_the_module_cannot_serve(needs, message):
     assert objective.batch_format == BatchFormat.UNPAIRED
     assert re.search(message, unfeedable(objective))
     assert unfeedable(KTO(KTO.Config(name="kto"))) is None  # KTO itself is fine
+
+
+def test_a_config_refuses_a_setting_it_does_not_declare():
+    from prefopt.objective import UnknownSettingError
+    from prefopt.plugins.dpo import DPO
+
+    config = DPO.Config(name="dpo")
+    config.beta = 0.5  # a declared field
+    with pytest.raises(UnknownSettingError, match=r"^objective\.betta: objective 'dpo' has no "
+                                                  r"setting 'betta' \(its settings: beta, "
+                                                  r"label_smoothing, .*\)\. Did you mean "
+                                                  r"objective\.beta\?"):
+        config.betta = 0.5
+
+
+def test_a_forced_unknown_key_does_not_compose_into_an_objective():
+    """`+objective.typo=1` passes Hydra's schema (a + forces the key in); the conversion to
+    the objective's Config refuses it instead of dropping it where the objective never
+    looks."""
+    from prefopt.objective import UnknownSettingError
+    from prefopt.testing import compose_objective
+
+    with pytest.raises(UnknownSettingError, match=r"objective 'dpo' has no setting 'typo'"):
+        compose_objective("objective=dpo", "+objective.typo=1")
+    assert compose_objective("objective=dpo", "objective.beta=0.5").beta == 0.5

@@ -122,3 +122,20 @@ def test_rule_that_does_not_apply_is_refused(tokenizer):
         Encoder(tokenizer, TokenizeConfig(on_empty_completion=Rule.truncate))
     with pytest.raises(ValueError, match="max_prompt_length"):
         Encoder(tokenizer, TokenizeConfig(max_length=10, max_prompt_length=10))
+
+
+def test_report_counts_rankings_without_an_ordered_pair(tokenizer):
+    from prefopt.data.records import parse_ranked
+
+    records = [parse_ranked("r.jsonl:1", {"prompt": "sort 21", "completions": ["12", "21"],
+                                          "ranks": [1, 2]}),
+               parse_ranked("r.jsonl:2", {"prompt": "sort 31", "completions": ["13", "31"],
+                                          "ranks": [1, 1]}),  # a tie: no ordered pair
+               parse_ranked("r.jsonl:3", {"prompt": "sort 54", "completions": ["45", "54", "44"],
+                                          "ranks": [2, 2, 2]})]
+    groups, report = Encoder(tokenizer, TokenizeConfig()).encode_all(records)
+    assert len(groups) == 3
+    assert report.as_dict()["no_ordered_pair"] == 2
+    assert "2 kept with no ordered pair" in report.summary()
+    # Pairs are always ordered; unpaired records carry no ranks, so no count at all.
+    assert encode(tokenizer, rec())[1].as_dict()["no_ordered_pair"] == 0

@@ -103,3 +103,86 @@ def test_reward_model_source_scores_as_its_scorer(tokenizer, tmp_path):
     prompts, completions = ["sort 321", "reverse 12", "sort 9"], ["123", "21", "9"]
     torch.testing.assert_close(source(prompts, completions),
                                RewardScorer.load(str(tmp_path)).score(prompts, completions))
+
+
+# -- rewards follow the objectives' registry rules --------------------------------------
+
+@pytest.fixture
+def reward_dists(tmp_path, monkeypatch):
+    """make(dist, {name: "module:function"}, sources={module: code}) puts a distribution
+    declaring reward functions on sys.path."""
+    import importlib
+    import textwrap
+
+    from prefopt import registry
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def make(dist, rewards, sources=None):
+        info = tmp_path / f"{dist}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(
+            "[prefopt.rewards]\n" + "".join(f"{k} = {v}\n" for k, v in rewards.items()))
+        for module, code in (sources or {}).items():
+            (tmp_path / f"{module}.py").write_text(textwrap.dedent(code))
+        importlib.invalidate_caches()
+        registry.clear_caches()
+
+    yield make
+    registry.clear_caches()
+
+
+def test_two_distributions_declaring_one_reward_name(reward_dists):
+    from prefopt.registry import PluginError
+
+    reward_dists("alpha", {"twin": "fakereward_a:fn"})
+    reward_dists("beta", {"twin": "fakereward_b:fn"})
+    with pytest.raises(PluginError, match=r"two distributions declare the reward 'twin': "
+                                          r"(alpha|beta)==1\.2\.3 .* and (alpha|beta)==1\.2\.3"):
+        available()
+
+
+def test_a_third_party_never_shadows_the_builtin_reward(reward_dists):
+    from prefopt.registry import PluginError
+
+    reward_dists("evil", {"synthetic": "fakereward_evil:fn"})
+    with pytest.raises(PluginError, match=r"the reward 'synthetic': .*evil==1\.2\.3.*"
+                                          r"prefopt==0\.1\.0|prefopt==0\.1\.0.*evil==1\.2\.3"):
+        resolve_function("synthetic")
+
+
+def test_a_broken_reward_is_reported_with_its_distribution_and_error(reward_dists):
+    from prefopt.online.rewards import listing
+    from prefopt.registry import PluginWarning
+
+    reward_dists("shaky", {"gone": "fakereward_pkg_missing:fn",  # package not installed
+                           "typo": "fakereward_shaky:nosuch"},  # module there, no function
+                 sources={"fakereward_shaky": "def fn(prompt, completion):\n    return 1.0\n"})
+    with pytest.warns(PluginWarning, match=r"reward 'gone' from shaky==1\.2\.3"):
+        rows = {name: what for name, _, what in listing()}
+    assert rows["gone"].startswith("BROKEN: reward.function=gone: the reward 'gone' from "
+                                   "shaky==1.2.3 (gone = fakereward_pkg_missing:fn) cannot be "
+                                   "loaded: its package 'fakereward_pkg_missing' is not "
+                                   "installed")
+    assert rows["typo"].startswith("BROKEN: reward.function=typo: the reward 'typo' from "
+                                   "shaky==1.2.3 (typo = fakereward_shaky:nosuch) failed to "
+                                   "load: AttributeError")
+    assert rows["synthetic"] == "reward function prefopt.data.synthetic:score"
+
+
+def test_reward_equals_an_installed_name_selects_the_function(reward_dists, compose):
+    reward_dists("extra", {"always_one": "fakereward_extra:fn"},
+                 sources={"fakereward_extra": "def fn(prompt, completion):\n    return 1.0\n"})
+    cfg = compose("objective=reinforce", "reward=always_one")
+    assert (cfg.reward.function, cfg.reward.model) == ("always_one", None)
+    assert compose("objective=reinforce", "reward=synthetic").reward.function == "synthetic"
+
+
+def test_reward_equals_an_unknown_name_points_at_reward_function(compose):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"^reward=nosuch: no reward config or "
+                                                         r"installed reward function 'nosuch' .*"
+                                                         r"reward\.function=nosuch"):
+        compose("objective=reinforce", "reward=nosuch")

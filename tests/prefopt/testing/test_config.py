@@ -71,3 +71,16 @@ def test_config_that_does_not_compose(install):
                                                r"compose: .* its Config is not a valid Hydra "
                                                r"schema"):
         check_config(untyped, "listy", values={"weights": [1.0], "scale": 2.0})
+
+
+def test_config_that_keeps_a_forced_unknown_key(install):
+    """A Config that lets `+objective.<key>=1` through (its own __setattr__ bypasses the
+    base's refusal) keeps a setting the objective never reads: a failure."""
+    lenient = install(LISTY.replace(
+        "scale: float | None = None",
+        "scale: float | None = None\n\n"
+        "            def __setattr__(self, key, value):\n"
+        "                object.__setattr__(self, key, value)"))
+    with pytest.raises(ConformanceError, match=r"`\+objective\.not_a_field_of_this_config=1` "
+                                               r"was accepted"):
+        check_config(lenient, "listy", values={"weights": [1.0]})

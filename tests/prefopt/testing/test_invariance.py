@@ -263,3 +263,75 @@ def test_reward_model_on_rankings_that_depends_on_listing_order():
     with pytest.raises(ConformanceError, match=r"the loss depends on the order in which each "
                                                r"prompt's completions are listed"):
         check_loss(ListedFirstIsBest(ListedFirstIsBest.Config(name="reward_pl")), "reward_pl")
+
+
+# -- per-token log-probs (needs().token_logps) --------------------------------------------
+
+# The per-token fields of each log-prob input, by the summed field they add up to.
+TOKEN_FIELDS = {"Margin": {"chosen": ("chosen_token_logps", "chosen_token_mask"),
+                           "rejected": ("rejected_token_logps", "rejected_token_mask")},
+                "Desirability": {"logps": ("token_logps", "token_mask")},
+                "Listwise": {"logps": ("token_logps", "token_mask")},
+                "Conditioned": {"logps": ("token_logps", "token_mask")}}
+
+
+def _per_token(toy):
+    """The toy on its per-token inputs: each summed field rebuilt as Σ over the mask."""
+    fields = TOKEN_FIELDS[toy.__name__]
+
+    class PerToken(toy):
+        def needs(self):
+            return dataclasses.replace(super().needs(), token_logps=True)
+
+        def sums(self, inputs):
+            return {summed: (getattr(inputs, logps) * getattr(inputs, mask)).sum(-1)
+                    for summed, (logps, mask) in fields.items()}
+
+        def loss(self, inputs):
+            sums = self.sums(inputs)
+            for summed, value in sums.items():  # what prefopt hands must add up
+                torch.testing.assert_close(value, getattr(inputs, summed))
+            return super().loss(dataclasses.replace(inputs, **sums))
+
+    return PerToken
+
+
+@pytest.mark.parametrize("toy", list(TOKEN_FIELDS), indirect=True)
+def test_per_token_inputs_pass_every_check(toy, run):
+    assert "batch order" in run(_per_token(toy))
+
+
+@pytest.mark.parametrize("toy", list(TOKEN_FIELDS), indirect=True)
+def test_per_token_loss_that_depends_on_batch_order(toy, run):
+    (summed, (logps, mask)), *_ = TOKEN_FIELDS[toy.__name__].items()
+
+    class Positional(_per_token(toy)):
+        def sums(self, inputs):
+            sums = super().sums(inputs)
+            first_row = getattr(inputs, logps)[0]  # the first row's tokens, whatever it is
+            sums[summed] = sums[summed] + 0.5 * first_row.sum()
+            return sums
+
+        def loss(self, inputs):
+            return toy.loss(self, dataclasses.replace(inputs, **self.sums(inputs)))
+
+    with pytest.raises(ConformanceError, match=r"depends on the order of the"):
+        run(Positional)
+
+
+def test_reference_free_per_token_loss_that_reads_the_reference(toys, run):
+    class Peeks(_per_token(toys.Margin)):
+        def sums(self, inputs):
+            sums = super().sums(inputs)
+            if inputs.ref_chosen_token_logps is not None:
+                sums["chosen"] = sums["chosen"] - (inputs.ref_chosen_token_logps
+                                                   * inputs.chosen_token_mask).sum(-1)
+            return sums
+
+        def loss(self, inputs):
+            return toys.Margin.loss(self, dataclasses.replace(inputs, **self.sums(inputs)))
+
+    with pytest.raises(ConformanceError, match=r"needs\(\)\.reference is False, but 'loss' "
+                                               r"changes by [0-9.e+-]+ when the objective is "
+                                               r"handed the reference model's log-probs"):
+        run(Peeks)

@@ -197,3 +197,25 @@ def test_metric_of_the_wrong_shape(toy, key, value, message, run):
 
     with pytest.raises(ConformanceError, match=message):
         run(Shaped)
+
+
+def test_ranked_accuracies_may_leave_out_prompts_without_an_ordered_pair():
+    """kwise's accuracies skip a prompt whose completions tie ([G'] in group order): a
+    layout of the format, and one that the batch-order check moves with the prompts."""
+    from prefopt.objective import RankedLogps
+    from prefopt.plugins.kwise import KWise
+    from prefopt.testing.invariance import _check_order, _reorderings
+    from prefopt.testing.metrics import _check_metrics, _layouts_of
+
+    # 4 prompts: 0 and 2 ranked, 1 tied (ranks 1, 1), 3 ranked.
+    ranks = torch.tensor([1, 2, 3, 1, 1, 2, 1, 1, 2, 3])
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 3, 3])
+    logps = -torch.arange(1.0, 11.0)
+    inputs = RankedLogps(logps, torch.ones(10), ranks, group, logps.flip(0))
+    assert _layouts_of(inputs)["ordered-prompt"].tolist() == [0, 2, 3]
+    objective = KWise(KWise.Config(name="kwise"))
+    out = objective.loss(inputs)
+    assert out.metrics["rewards/accuracies"].shape == (3,)
+    _check_metrics(out, "kwise", inputs, objective)
+    for reordering in _reorderings(inputs):
+        _check_order(objective, inputs, reordering)

@@ -84,3 +84,14 @@ def test_ipo_run_writes_every_output(tmp_path):
     assert model.config.vocab_size == len(tokenizer)
     report = json.loads((out / "data_report.json").read_text())
     assert report["train"]["kept"] == 64 and report["val"]["kept"] == 16
+
+
+def test_a_forced_unknown_objective_key_is_refused_in_one_line(tmp_path):
+    # `+` forces the key into the composed config; the objective would silently ignore it.
+    result = run("objective=ipo", "+objective.bta=1", f"output_dir={tmp_path / 'out'}", *FAST,
+                 cwd=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefopt-train: error: objective.bta: objective 'ipo' has no "
+                           "setting 'bta'") and "Did you mean objective.beta?" in last
+    assert "Traceback" not in result.stderr

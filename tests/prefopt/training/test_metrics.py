@@ -50,3 +50,28 @@ def test_empty_metrics_are_skipped_and_weights_follow_the_rules():
     # The loss: a scalar weighted by the prompts (4); x: its 2 values; entropy: as given.
     assert module.logged == {"train/loss": (0.5, 4, True), "train/x": (2.0, 2, True),
                              "train/entropy": (2.0, 40, True)}
+
+
+def test_non_finite_before_any_step_names_objective_and_phase_not_the_learning_rate():
+    # Step 0 of validation (Lightning's sanity check): nothing was learned, the default
+    # precision is already 32-true: neither a lower lr nor 32-true can help.
+    with pytest.raises(NonFiniteError) as error:
+        check_finite({"loss": torch.tensor(float("nan"))}, "val", 0, objective="dpo",
+                     precision="32-true")
+    message = str(error.value)
+    assert message.startswith("val/loss became nan at step 0; stopping. In validation, before "
+                              "any optimizer step: objective 'dpo'")
+    assert "optimizer.lr" not in message and "32-true" not in message
+    assert "prefopt.testing.check_objective" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("precision,suggests_32", [("32-true", False), ("bf16-mixed", True)])
+def test_non_finite_after_steps_suggests_what_fits(precision, suggests_32):
+    with pytest.raises(NonFiniteError) as error:
+        check_finite({"loss": torch.tensor(float("inf"))}, "train", 12, objective="ipo",
+                     precision=precision)
+    message = str(error.value)
+    assert message.startswith("train/loss became inf at step 12; stopping. In training, with "
+                              "objective 'ipo', after 12 optimizer steps: try a lower "
+                              "optimizer.lr")
+    assert ("trainer.precision=32-true (this run uses bf16-mixed)" in message) == suggests_32
