@@ -167,8 +167,9 @@ class OnlineModule(PolicyModule):
             for rows in epoch_rows:
                 if 0 <= max_steps <= self.global_step:
                     break  # the schedule ends at max_steps, mid-rollout if need be
-                out = self.objective.loss(self.loss_inputs_online(rollout, rows, experience,
-                                                                  advantages))
+                out = self._checked(self.objective.loss(self.loss_inputs_online(
+                    rollout, rows, experience, advantages)), "train",
+                    "the policy's token log-probs")
                 self.manual_backward(out.loss)  # onto no gradients: freed after each step
                 optim.clip_gradients(self, optimizer, self.gradient_clip_val,
                                      self.gradient_clip_algorithm)

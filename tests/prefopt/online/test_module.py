@@ -61,3 +61,30 @@ def test_more_minibatches_than_rows_is_refused(tiny_model, tokenizer):
 def test_a_reinforce_module_needs_no_value_model(tiny_model, tokenizer):
     module = _module(tiny_model, tokenizer, Reinforce(Reinforce.Config(name="r", kl_coef=0.0)))
     assert module.value_model is None and module.reference is None
+
+
+def test_a_per_token_loss_stops_training_with_the_contract_error(tiny_model, tokenizer):
+    """The online step refuses a loss that is not a scalar as the offline one does, naming
+    the objective, instead of an autograd traceback from the backward."""
+    import pytorch_lightning as pl
+
+    from prefopt.data.tokenize import Encoder, TokenizeConfig
+    from prefopt.objective import LossOutput
+    from prefopt.registry import PluginError
+
+    class PerToken(Reinforce):
+        def loss(self, inputs):
+            return LossOutput(-(inputs.logps * inputs.advantages).sum(-1))  # [rows]
+
+    module = _module(tiny_model, tokenizer, PerToken(Reinforce.Config(name="pt", kl_coef=0.0)),
+                     num_samples=2, max_new_tokens=3)
+    prompts = ["sort 21", "sort 9"]
+    batch = {"prompts": prompts,
+             "prompt_ids": Encoder(tokenizer, TokenizeConfig()).prompt_ids(prompts)}
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(PluginError, match=r"^objective 'pt' breaks the plugin contract "
+                                          r"\(training, step 0\): LossOutput.loss must be a "
+                                          r"scalar tensor, got shape \[4\]"):
+        trainer.fit(module, train_dataloaders=loader)
