@@ -2,7 +2,8 @@
 
 Columns kept in benchmark.extra_info (read by report.py): fwd_ms and fwd_bwd_ms (medians
 from CUDA events via do_bench on GPU), tflops (8 N H V flops per fwd+bwd), extra_peak_mib
-(peak memory of one fwd+bwd beyond its inputs and the gradients it returns).
+(peak memory of one fwd+bwd beyond its inputs and the gradients it returns),
+triton_backward (prefopt-triton: the GEMM path dh and dW took on this torch build).
 pytest-benchmark's own statistics time the same fwd+bwd by wall clock with a device sync.
 """
 
@@ -50,6 +51,11 @@ def test_logprobs(benchmark, bench_env, shape, case, name):
     if out_of_memory:
         torch.cuda.empty_cache()
         pytest.skip(f"{name} runs out of memory at {shape}")
+    if name == "prefopt-triton":
+        # Which GEMM path the backward took on this torch build (and fp16 row scaling).
+        from prefopt.kernels.triton_backward import LAST_BACKWARD
+
+        benchmark.extra_info["triton_backward"] = dict(LAST_BACKWARD)
     benchmark.extra_info.update(
         provider=name, provider_version=provider.version, N=n, H=h, V=v, case=case,
         dtype=str(DTYPE).removeprefix("torch."), entropy=provider.entropy,
