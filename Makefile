@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 EXTRAS ?= test,bench,lint
 
-.PHONY: venv train test test-fast lint bench bench-report bench-e2e clean
+.PHONY: venv train test test-fast lint bench bench-report bench-cpu bench-e2e clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: $(STAMP)
 # Benchmarks, then their table in benchmarks/RESULTS.md (and a PNG chart on a GPU).
 bench-report: bench
 	$(BIN)/python benchmarks/report.py benchmarks/bench.json
+
+# The torch path of the kernels (every CPU user's) against torch eager on this CPU: fwd+bwd
+# time side by side and the allocator's peak memory. ARGS="--shape 2048 512 32000 --reps 5"
+bench-cpu: $(STAMP)
+	$(BIN)/python benchmarks/cpu_reference.py $(ARGS)
 
 # One DPO step, prefopt against TRL's DPOTrainer: tokens/s, peak memory and a profile, into
 # benchmarks/RESULTS.md (+ benchmarks/e2e/e2e.png on a GPU). On a CPU machine: a smoke run.

@@ -1,13 +1,15 @@
 """Benchmark environment: device, shapes, timing and memory measurement.
 
-On CUDA: the issue's shapes in bf16, times from triton.testing.do_bench (CUDA events,
-warm-up, median). Without CUDA: a seconds-long smoke test of the harness at tiny shapes
-(torch providers; prefopt-triton only if this process's triton is interpreting), whose
-numbers are no performance figure.
+On CUDA: the issue's shapes in bf16, times from CUDA events (warm-up, L2 flushed before
+every call, at least 25 calls and one second per measurement; min / median / max).
+Without CUDA: a seconds-long smoke test of the harness at tiny shapes (torch providers;
+prefopt-triton only if this process's triton is interpreting), whose numbers are no
+performance figure.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -42,18 +44,63 @@ def _triton_runs_here() -> bool:
     return type(standard.cdiv).__name__ == "InterpretedFunction"
 
 
-def time_ms(fn) -> float:
-    """Median milliseconds of fn()."""
-    if CUDA:
-        import triton.testing
+# Repetitions of every timed call: at least MIN_REPS and at least MIN_TOTAL_MS of them in
+# all, after a warm-up. (do_bench(rep=100), before, ran int(100 / estimate) of them: one
+# for a 55 ms fwd+bwd, whose "median" was then a single sample.)
+GPU_MIN_REPS, GPU_MIN_TOTAL_MS = 25, 1000.0
+MIN_REPS = GPU_MIN_REPS if CUDA else 3
+MIN_TOTAL_MS = GPU_MIN_TOTAL_MS if CUDA else 0.0
+WARMUP_REPS = 3 if CUDA else 0
+_L2_FLUSH_BYTES = 256 * MiB  # do_bench's choice: more than any GPU's L2
 
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+
+def reps_for(estimate_ms: float, min_reps: int = MIN_REPS,
+             min_total_ms: float = MIN_TOTAL_MS) -> int:
+    """How many timed repetitions a call of about estimate_ms gets."""
+    if estimate_ms <= 0:
+        return min_reps
+    return max(min_reps, math.ceil(min_total_ms / estimate_ms))
+
+
+def summarize(times_ms) -> dict:
+    times = sorted(float(t) for t in times_ms)
+    return {"min_ms": times[0], "median_ms": statistics.median(times), "max_ms": times[-1],
+            "reps": len(times)}
+
+
+def time_stats(fn) -> dict:
+    """min / median / max milliseconds of fn() over reps_for(its first time) calls.
+
+    CUDA: one pair of CUDA events per call, the L2 cache flushed before each (as
+    triton.testing.do_bench does). CPU: perf_counter per call.
+    """
+    if not CUDA:
+        first = _wall_ms(fn)
+        return summarize([first] + [_wall_ms(fn) for _ in range(reps_for(first) - 1)])
+    flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    for _ in range(WARMUP_REPS):
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    estimate = _cuda_ms(fn, flush, 1)[0]
+    return summarize(_cuda_ms(fn, flush, reps_for(estimate)))
+
+
+def _wall_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _cuda_ms(fn, flush, reps) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends):
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
 
 
 def extra_peak_mib(step) -> float | None:

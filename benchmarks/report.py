@@ -51,6 +51,12 @@ def _fmt(value, digits=1):
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def _spread(stats) -> str:
+    if not stats:
+        return "n/a"
+    return f"{stats['min_ms']:,.2f}-{stats['max_ms']:,.2f} ({stats['reps']})"
+
+
 def is_gpu(rows: list[dict]) -> bool:
     return bool(rows) and not rows[0]["device"].startswith("cpu")
 
@@ -70,17 +76,24 @@ def markdown(data: dict, rows: list[dict]) -> str:
              "TFLOP/s counts 8 N H V flops; extra peak = peak memory of one fwd+bwd beyond "
              "its inputs and the gradients dh, dW it returns.",
              ""]
+    paths = sorted({(b.get("dh_mm"), b.get("dw_mm")) for r in rows
+                    if (b := r.get("triton_backward"))})
+    if paths:
+        lines[-1:-1] = ["- prefopt-triton backward GEMMs (path taken on this torch build): "
+                        + "; ".join(f"dh {dh}, dW {dw}" for dh, dw in paths)]
     if not gpu:
         lines += ["These numbers come from tiny shapes on a CPU and say nothing about the "
                   "kernels' speed; they only show that the suite runs end to end.", ""]
-    lines += ["| provider | N | H | V | case | entropy (nats) | fwd ms | fwd+bwd ms | TFLOP/s "
+    lines += ["| provider | N | H | V | case | entropy (nats) | fwd ms | fwd+bwd ms "
+              "| fwd+bwd min-max ms (calls) | TFLOP/s "
               "| extra peak MiB | returns entropy | version |",
-              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
+              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['provider']} | {r['N']} | {r['H']} | {r['V']} | {r['case']} | "
             f"{r['mean_entropy_nats']:.2f} | {_fmt(r['fwd_ms'], 2)} | "
-            f"{_fmt(r['fwd_bwd_ms'], 2)} | {_fmt(r['tflops'], 1 if gpu else 4)} | "
+            f"{_fmt(r['fwd_bwd_ms'], 2)} | {_spread(r.get('fwd_bwd_stats'))} | "
+            f"{_fmt(r['tflops'], 1 if gpu else 4)} | "
             f"{_fmt(r['extra_peak_mib'], 0)} | {'yes' if r['entropy'] else 'no'} | "
             f"{r['provider_version']} |")
     if gpu:

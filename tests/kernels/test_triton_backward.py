@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prefopt.kernels import triton_backward
 from prefopt.kernels.triton_backward import _chunking, _mm_into
 from prefopt.kernels.triton_logprobs import LaunchOptions
 
@@ -61,3 +62,72 @@ def test_mm_into_fp32_from_bf16_is_not_rounded_to_bf16():
     assert out.item() == 1.0 + 2.0**-8
     _mm_into(out, a, b, accumulate=True)
     assert out.item() == 2.0 + 2.0**-7
+
+
+def _fake_cuda_mm(monkeypatch, *, addmm_takes_fp32_c: bool):
+    """torch.mm / torch.addmm as a CUDA build with out_dtype behaves, on CPU tensors (CPU
+    torch has no out_dtype): fp32 products of half operands; addmm with an fp32 C either
+    works or refuses, as on builds that want C in the operands' dtype."""
+    real_mm, real_addmm = torch.mm, torch.addmm
+
+    def mm(a, b, *, out_dtype=None, out=None):
+        if out_dtype is None:
+            return real_mm(a, b, out=out)
+        return real_mm(a.float(), b.float(), out=out)
+
+    def addmm(c, a, b, *, out_dtype=None, beta=1, alpha=1, out=None):
+        if out_dtype is None:
+            return real_addmm(c, a, b, beta=beta, alpha=alpha, out=out)
+        if not addmm_takes_fp32_c:
+            raise RuntimeError("self and mat2 must have the same dtype, but got Float and "
+                               "BFloat16")
+        return real_addmm(c, a.float(), b.float(), beta=beta, alpha=alpha, out=out)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "addmm", addmm)
+
+
+@pytest.mark.parametrize("addmm_takes_fp32_c, want", [
+    (True, triton_backward.MIXED_ADDMM),
+    # Before: one probe of both calls, so such a build fell back to a bf16 product per
+    # vocabulary chunk (dh rounded to bf16 each time) in a 32 MiB temporary.
+    (False, triton_backward.MIXED_MM),
+])
+def test_the_probe_finds_the_fp32_path_each_build_has(monkeypatch, addmm_takes_fp32_c, want):
+    _fake_cuda_mm(monkeypatch, addmm_takes_fp32_c=addmm_takes_fp32_c)
+    assert triton_backward._probe_mixed_mm(torch.device("cpu"), torch.bfloat16) == want
+
+
+def test_the_probe_without_out_dtype_settles_for_half_products(monkeypatch):
+    def no_out_dtype(*args, out_dtype=None, **kwargs):
+        raise TypeError("mm() got an unexpected keyword argument 'out_dtype'")
+
+    monkeypatch.setattr(torch, "mm", no_out_dtype)
+    monkeypatch.setattr(torch, "addmm", no_out_dtype)
+    assert (triton_backward._probe_mixed_mm(torch.device("cpu"), torch.float16)
+            == triton_backward.HALF_PRODUCT)
+
+
+@pytest.mark.parametrize("path", [triton_backward.MIXED_ADDMM, triton_backward.MIXED_MM,
+                                  triton_backward.CPU_UPCAST])
+@pytest.mark.parametrize("alpha", [1.0, 2.0**-20])
+def test_every_fp32_path_keeps_what_bf16_would_round_away(monkeypatch, path, alpha):
+    """out = a @ b then out += a @ b, with out fp32 and a, b bf16, by each path: 1 + 2^-8
+    per row (bf16 rounds it to 1), over more rows than one scratch slice holds."""
+    _fake_cuda_mm(monkeypatch, addmm_takes_fp32_c=True)
+    monkeypatch.setattr(triton_backward, "_MM_SCRATCH_BYTES", 3 * 2 * 4)  # 3 rows of 2
+    a = torch.ones(7, 2, dtype=torch.bfloat16)
+    b = torch.tensor([[1.0, 0.5], [2.0**-8, 0.0]], dtype=torch.bfloat16)
+    out = torch.full((7, 2), float("nan"))  # never read when overwriting
+    assert _mm_into(out, a, b, accumulate=False, alpha=alpha, path=path) == path
+    assert torch.all(out == alpha * torch.tensor([1 + 2.0**-8, 0.5]))
+    _mm_into(out, a, b, accumulate=True, alpha=alpha, path=path)
+    assert torch.all(out == alpha * torch.tensor([2 + 2.0**-7, 1.0]))
+
+
+def test_the_half_product_path_rounds_each_product_once():
+    a = torch.ones(1, 2, dtype=torch.bfloat16)
+    b = torch.tensor([[1.0], [2.0**-8]], dtype=torch.bfloat16)
+    out = torch.zeros(1, 1)
+    _mm_into(out, a, b, accumulate=True, path=triton_backward.HALF_PRODUCT)
+    assert out.item() == 1.0  # 1 + 2^-8 rounded to bf16 (to even)
