@@ -177,7 +177,9 @@ def _check_cacheable(objective, needs) -> None:
 def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
                             datamodule: PreferenceDataModule) -> dict:
     """Give every encoded record its reference log-probs, from the cache or computed once
-    now from the initial policy (the reference). Returns what was used, per split."""
+    now from the initial policy (the reference). `module.policy` must still be the initial
+    policy: a cached file is checked against it (`reference_cache.load_or_compute`).
+    Returns what was used, per split."""
     model_cfg = OmegaConf.to_object(cfg.model)
     cache_dir = Path(cfg.reference_cache_dir) if cfg.reference_cache_dir \
         else reference_cache.default_cache_dir()
@@ -192,7 +194,8 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
         key = reference_cache.cache_key(model_cfg, cfg.seed, datamodule.tokenizer, groups)
         path = cache_dir / "reference" / f"{key}.pt"
         values, reused = reference_cache.load_or_compute(
-            path, groups, reference, datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl)
+            path, groups, reference, datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl,
+            policy=policy)
         datamodule.groups[name] = [dataclasses.replace(g, ref_logps=tuple(v))
                                    for g, v in zip(groups, values)]
         used[name] = {"path": str(path), "reused": reused}
