@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
@@ -133,8 +133,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
     The run directory is locked for the whole run. A new run (no ckpt_path) is refused in
     a directory that holds a run; a resume is refused if `cfg` changes a setting the run
-    must keep (`rundir.check_resume`), and writes nothing into the run until Lightning
-    has loaded the checkpoint's weights."""
+    must keep (`rundir.check_resume`), and writes nothing into the run until its settings
+    and its checkpoint passed every check (`_Commit`)."""
     out = Path(cfg.output_dir)
     resume = _resume_checkpoint(cfg, out)
     if resume is not None:
@@ -205,8 +205,9 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
 def _fit(cfg, out: Path, module, datamodule, tokenizer,
          files: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Fit and report. `files` (name: text) are written into `out` once the run is known
-    to start: at once for a new run, after the checkpoint's weights are loaded for a
-    resume (which also sets the earlier metrics.csv aside then)."""
+    to start: before the first validation of a new run, right before fitting for a
+    resume whose checkpoint was checked (which also sets the earlier metrics.csv aside
+    then, and puts everything back if fitting fails before its first step)."""
     metric, mode = module.objective.monitor
     # The best by the monitored metric; last.ckpt at every validation (LastCheckpoint).
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=f"val/{metric}", mode=mode,
@@ -222,7 +223,9 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer,
         module.gradient_clip_val = trainer_args.pop("gradient_clip_val", None)
         module.gradient_clip_algorithm = trainer_args.pop("gradient_clip_algorithm",
                                                           None) or "norm"
-    trainer_args["plugins"] = [*(trainer_args.get("plugins") or []), AtomicCheckpointIO()]
+    plugins = trainer_args.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple, ListConfig)) else [plugins]
+    trainer_args["plugins"] = [*plugins, AtomicCheckpointIO()]
     commit = _Commit(out, files or {}, resume)
     trainer = pl.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers,
                          callbacks=[checkpoints, LastCheckpoint(out / "checkpoints"), commit,

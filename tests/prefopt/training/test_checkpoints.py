@@ -75,7 +75,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow
 def test_a_run_whose_disk_fills_keeps_its_last_checkpoint(compose, fast_overrides, tmp_path,
                                                            monkeypatch):
     """A resumed run's every write of last.ckpt dies midway (the checkpoints' disk is full;
@@ -113,7 +112,6 @@ def test_a_run_whose_disk_fills_keeps_its_last_checkpoint(compose, fast_override
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.slow
 def test_last_checkpoint_is_written_at_every_validation_of_a_plateau(
         compose, fast_overrides, tmp_path, monkeypatch):
     """optimizer.lr=0: the weights never move, so the monitored accuracy never improves
