@@ -10,6 +10,15 @@ The key hashes what a reference log-prob depends on:
   of every record, prompt and completions, after all rules were applied.
 Change any of these and the key changes, so stale values are never used. Training with
 a cached reference never builds the reference model once the cache exists.
+
+A file is trusted only if it is whole and the values are the reference's:
+- each file stores the SHA-256 of its values; an unreadable file (truncated, say) or one
+  whose values do not match it is recomputed, with a warning;
+- before a cached file is used, the initial policy (which is the reference) scores the
+  first records again: the sequence KL to the cached values must be ~0 on every one,
+  else the file is refused and recomputed, with a warning naming the KL it would have
+  trained against. This catches what the key cannot see (a local model directory whose
+  files were replaced keeping their sizes and times, a cache copied from elsewhere).
 """
 
 from __future__ import annotations
@@ -67,9 +76,10 @@ def data_digest(groups: list[EncodedGroup]) -> str:
 
 
 def cache_key(model_cfg: ModelConfig, seed: int, tokenizer, groups: list[EncodedGroup]) -> str:
+    # format 2: the file holds {"values", "sha256"} (format 1: the bare values)
     payload = json.dumps({"model": model_identity(model_cfg, seed),
                           "tokenizer": tokenizer_identity(tokenizer),
-                          "data": data_digest(groups), "format": 1},
+                          "data": data_digest(groups), "format": 2},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -97,19 +107,91 @@ def compute(reference, groups: list[EncodedGroup], pad_id: int, batch_size: int 
     return values
 
 
+# Sampled to check a cache: the first records, as one batch of `compute` scores them.
+CHECK_RECORDS = 32
+# |Σ log π − Σ log π_ref| allowed per completion token when π is the reference: float32
+# agrees to ~1e-6 a token, bf16 across devices to ~1e-2.
+CHECK_TOLERANCE = 0.05
+
+
+def checksum(values: list[list[float]]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def save(path: Path, values: list[list[float]]) -> None:
+    """Write `values` and their checksum to `path` atomically: a killed run never leaves a
+    half-written cache in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as f:
+            torch.save({"values": values, "sha256": checksum(values)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, groups: list[EncodedGroup]) -> tuple[list[list[float]] | None, str]:
+    """(values, "") from a whole file that fits `groups`, else (None, why not)."""
+    try:
+        stored = torch.load(path, weights_only=True)
+    except Exception as exc:  # truncated, or not a cache file at all
+        reason = (str(exc).splitlines() or [""])[0].split(". ")[0]
+        return None, f"cannot be read ({type(exc).__name__}: {reason})"
+    if not isinstance(stored, dict) or "values" not in stored or "sha256" not in stored:
+        return None, "is not a cache file of this prefopt version"
+    values = stored["values"]
+    if checksum(values) != stored["sha256"]:
+        return None, "does not match its checksum"
+    if len(values) != len(groups) or any(len(v) != len(g.completions)
+                                         for v, g in zip(values, groups)):
+        return None, "does not match the data"
+    return values, ""
+
+
+def disagreement(policy, groups: list[EncodedGroup], values: list[list[float]], pad_id: int,
+                 impl: str = "auto") -> tuple[float, float]:
+    """(KL, worst per-token gap) between `policy` and cached `values` on the first
+    CHECK_RECORDS groups: the mean of Σ log π − Σ log π_ref over their completions (what
+    `kl` logs), and the largest |difference| divided by its completion's length. `policy`
+    must be the reference (the initial policy; with LoRA its adapters are disabled)."""
+    sample = groups[:CHECK_RECORDS]
+    was_training = policy.training
+    policy.eval()
+    try:
+        fresh = compute(policy, sample, pad_id, batch_size=CHECK_RECORDS, impl=impl)
+    finally:
+        policy.train(was_training)
+    gaps = [(new - old, len(completion))
+            for group, row_new, row_old in zip(sample, fresh, values)
+            for completion, new, old in zip(group.completions, row_new, row_old)]
+    kl = sum(gap for gap, _ in gaps) / max(len(gaps), 1)
+    worst = max((abs(gap) / max(length, 1) for gap, length in gaps), default=0.0)
+    return kl, worst
+
+
 def load_or_compute(path: Path, groups: list[EncodedGroup], make_reference, pad_id: int,
-                    impl: str = "auto") -> tuple[list[list[float]], bool]:
-    """(values, reused). `make_reference()` is called only when the cache is missing."""
+                    impl: str = "auto", policy=None) -> tuple[list[list[float]], bool]:
+    """(values, reused). `make_reference()` is called only when the cache is missing or
+    refused. With `policy` (the initial policy, equal to the reference), a cached file is
+    used only if `disagreement` finds the policy's log-probs equal to it."""
     if path.exists():
-        values = torch.load(path, weights_only=True)
-        if len(values) == len(groups):
+        values, problem = load(path, groups)
+        if values is not None and policy is not None:
+            kl, worst = disagreement(policy, groups, values, pad_id, impl=impl)
+            if worst > CHECK_TOLERANCE:
+                values, problem = None, (
+                    f"holds log-probs of another model: the initial policy, which is the "
+                    f"reference, has KL {kl:.4g} to them on the first records where it "
+                    "must be 0")
+        if values is not None:
             log.info("reference log-probs: reusing %s", path)
             return values, True
-        log.warning("reference cache %s does not match the data; recomputing", path)
+        log.warning("reference cache %s %s; recomputing it", path, problem)
     log.info("reference log-probs: computing %d records into %s", len(groups), path)
     values = compute(make_reference(), groups, pad_id, impl=impl)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save(values, partial)
-    partial.replace(path)  # atomic: a killed run never leaves a half-written cache
+    save(path, values)
     return values, False

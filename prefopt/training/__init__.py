@@ -7,7 +7,9 @@
 - `metrics`: means across devices, weighted right, and the finiteness check;
 - `optim`: AdamW, its schedule and gradient clipping;
 - `config`: the typed schema of `prefopt-train`'s config; `train`: one run (build, fit,
-  export, report); `cli`: the console scripts; `progress`, `plots`: the bar and the curves.
+  export, report); `rundir`: the run directory's rules (a lock, resume from its own
+  config.yaml, nothing overwritten); `checkpoints`: last.ckpt at every validation, written
+  atomically; `cli`: the console scripts; `progress`, `plots`: the bar and the curves.
 
 Names resolve on first use (lazy_loader): `prefopt.online` builds on `policy`, `metrics`
 and `optim`, while `train` builds on the online module, so nothing here is imported

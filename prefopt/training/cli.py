@@ -7,6 +7,7 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from prefopt import registry
@@ -16,21 +17,27 @@ from prefopt.online import rewards
 from prefopt.online.rewards import RewardError
 from prefopt.training.config import ConfigError, register_schema
 from prefopt.training.metrics import NonFiniteError
+from prefopt.training.rundir import RunDirError
 
 log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
 _USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
-                FileNotFoundError, RewardError, UnknownSettingError)
+                FileNotFoundError, RewardError, UnknownSettingError, RunDirError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    from prefopt.training.train import (
-        train,  # heavy imports after Hydra has parsed the command line
-    )
+    # Heavy imports after Hydra has parsed the command line.
+    from prefopt.training.train import train
 
     try:
+        if cfg.ckpt_path is not None:
+            # A resume runs the run's own config.yaml, the command line's overrides on top
+            # (train() refuses those a resume may not change), not the defaults of conf/.
+            from prefopt.training.rundir import resume_config
+
+            cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
         train(cfg)
     except _USER_ERRORS as exc:
         log.error("%s", exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -14,8 +15,9 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +28,8 @@ from prefopt.models import build_policy, build_tokenizer, exportable, make_refer
 from prefopt.objective import FORMATS, Needs, Objective, OnlineObjective, unfeedable
 from prefopt.online.module import OnlineModule
 from prefopt.online.rewards import build_reward
+from prefopt.training import rundir
+from prefopt.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from prefopt.training.config import ConfigError
 from prefopt.training.module import PreferenceModule
 from prefopt.training.plots import plot_curves
@@ -46,8 +50,12 @@ def _quiet_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* is not empty")
 
 
+def _json(payload) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+
 def _write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    rundir.write_atomically(path, lambda f: f.write(_json(payload).encode()))
 
 
 def build(cfg: DictConfig):
@@ -121,23 +129,37 @@ def _build_online(cfg: DictConfig, objective: Objective):
 
 
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    """Run the job described by `cfg`; returns the validation metrics before and after."""
+    """Run the job described by `cfg`; returns the validation metrics before and after.
+
+    The run directory is locked for the whole run. A new run (no ckpt_path) is refused in
+    a directory that holds a run; a resume is refused if `cfg` changes a setting the run
+    must keep (`rundir.check_resume`), and writes nothing into the run until its settings
+    and its checkpoint passed every check (`_Commit`)."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    resume = _resume_checkpoint(cfg, out)
+    if resume is not None:
+        rundir.check_resume(cfg, out)
+    # The process that owns the run directory; Lightning's relaunched DDP processes
+    # (LOCAL_RANK set) share it.
+    owner = rank_zero_only.rank == 0
+    with rundir.lock(out) if owner else contextlib.nullcontext():
+        if owner and resume is None:
+            rundir.refuse_existing(out)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    module, datamodule, tokenizer = build(cfg)
-    datamodule.setup("fit")
-    module.objective.check_data(datamodule.groups["train"])
-    if module.reference_cached:
-        _write_json(out / "reference_cache.json", attach_cached_reference(cfg, module, datamodule))
-    _write_json(out / "data_report.json",
-                {name: report.as_dict() for name, report in datamodule.reports.items()})
+        module, datamodule, tokenizer = build(cfg)
+        datamodule.setup("fit")
+        module.objective.check_data(datamodule.groups["train"])
+        files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)}
+        if module.reference_cached:
+            files["reference_cache.json"] = _json(attach_cached_reference(cfg, module,
+                                                                          datamodule))
+        files["data_report.json"] = _json(
+            {name: report.as_dict() for name, report in datamodule.reports.items()})
 
-    with warnings.catch_warnings():
-        _quiet_expected_warnings()
-        return _fit(cfg, out, module, datamodule, tokenizer)
+        with warnings.catch_warnings():
+            _quiet_expected_warnings()
+            return _fit(cfg, out, module, datamodule, tokenizer, files)
 
 
 def _check_cacheable(objective, needs) -> None:
@@ -150,12 +172,18 @@ def _check_cacheable(objective, needs) -> None:
             f"reference=cached cannot serve objective '{name}': its KL estimate pairs "
             "completions across a batch, and batches change with every shuffle; use "
             "reference=model")
+    if needs.token_logps:
+        raise ConfigError(
+            f"reference=cached cannot serve objective '{name}': it reads per-token reference "
+            "log-probs (needs().token_logps) and the cache keeps sums; use reference=model")
 
 
 def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
                             datamodule: PreferenceDataModule) -> dict:
     """Give every encoded record its reference log-probs, from the cache or computed once
-    now from the initial policy (the reference). Returns what was used, per split."""
+    now from the initial policy (the reference). `module.policy` must still be the initial
+    policy: a cached file is checked against it (`reference_cache.load_or_compute`).
+    Returns what was used, per split."""
     model_cfg = OmegaConf.to_object(cfg.model)
     cache_dir = Path(cfg.reference_cache_dir) if cfg.reference_cache_dir \
         else reference_cache.default_cache_dir()
@@ -170,19 +198,27 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
         key = reference_cache.cache_key(model_cfg, cfg.seed, datamodule.tokenizer, groups)
         path = cache_dir / "reference" / f"{key}.pt"
         values, reused = reference_cache.load_or_compute(
-            path, groups, reference, datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl)
+            path, groups, reference, datamodule.tokenizer.pad_token_id, impl=cfg.logprob_impl,
+            policy=policy)
         datamodule.groups[name] = [dataclasses.replace(g, ref_logps=tuple(v))
                                    for g, v in zip(groups, values)]
         used[name] = {"path": str(path), "reused": reused}
     return used
 
 
-def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, float]]:
+def _fit(cfg, out: Path, module, datamodule, tokenizer,
+         files: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Fit and report. `files` (name: text) are written into `out` once the run is known
+    to start: before the first validation of a new run, right before fitting for a
+    resume whose checkpoint was checked (which also sets the earlier metrics.csv aside
+    then, and puts everything back if fitting fails before its first step)."""
     metric, mode = module.objective.monitor
+    # The best by the monitored metric; last.ckpt at every validation (LastCheckpoint).
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", monitor=f"val/{metric}", mode=mode,
-                                  save_top_k=1, save_last=True, filename="best-step{step}",
+                                  save_top_k=1, save_last=False, filename="best-step{step}",
                                   auto_insert_metric_name=False)
     resume = _resume_checkpoint(cfg, out)
+    step = _checkpoint_step(cfg, resume, module) if resume else None  # before any write
     loggers = [hydra.utils.instantiate(node) for node in cfg.logger.values()]
     trainer_args = dict(cfg.trainer)
     if not module.automatic_optimization:
@@ -191,8 +227,13 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
         module.gradient_clip_val = trainer_args.pop("gradient_clip_val", None)
         module.gradient_clip_algorithm = trainer_args.pop("gradient_clip_algorithm",
                                                           None) or "norm"
+    plugins = trainer_args.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple, ListConfig)) else [plugins]
+    trainer_args["plugins"] = [*plugins, AtomicCheckpointIO()]
+    commit = _Commit(out, files or {}, resume)
     trainer = pl.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers,
-                         callbacks=[checkpoints, *_progress_bar(cfg)])
+                         callbacks=[checkpoints, LastCheckpoint(out / "checkpoints"), commit,
+                                    *_progress_bar(cfg)])
     # Sharded parameters (FSDP, DeepSpeed ZeRO-3) are not whole on any one process outside
     # a step: saving them as policy/ would write a wrong model.
     if cfg.export_policy and (isinstance(trainer.strategy, pl.strategies.FSDPStrategy)
@@ -203,14 +244,20 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer) -> dict[str, dict[str, f
             "export_policy=false and export from the checkpoints")
     # Under DDP every process runs this; only rank 0 (known once the Trainer exists) owns
     # the run directory's files.
-    earlier = _set_aside_metrics(out, resume) if resume and trainer.is_global_zero else []
+    earlier = []
+    if resume and trainer.is_global_zero:
+        earlier = _metrics_before(out, step)
+    commit.write(trainer)
     if resume:
         start = _start_metrics(earlier)
     else:
         start = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    # last.ckpt is the final state: Lightning writes it at validations only, and skips the
-    # one that would fall on max_steps.
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except BaseException:
+        commit.undo()
+        raise
+    # last.ckpt is the final state: the last validation may fall before max_steps.
     trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     end = _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
@@ -252,17 +299,77 @@ def _resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:
     return path
 
 
-def _set_aside_metrics(out: Path, checkpoint: Path) -> list[dict[str, str]]:
-    """The rows of metrics.csv up to the checkpoint. The file itself is kept, renamed, since
-    the CSV logger starts a new one; rows after the checkpoint are replayed by the resume."""
+class _Commit(pl.Callback):
+    """Writes the run's files (config.yaml, data and cache reports) into the run
+    directory, once the run is known to start: a new run before its first validation; a
+    resume right before fitting, once its settings and checkpoint passed every check.
+    A resume sets the earlier metrics.csv aside (the CSV logger deletes one it finds; its
+    rows up to the checkpoint are prepended to the new one at the end) and keeps an
+    earlier file that differs aside too. Should fitting fail before the first training
+    step, `undo` puts every file of the resumed run back as it was."""
+
+    def __init__(self, out: Path, files: dict[str, str], resume: Path | None):
+        self.out, self.files, self.resume = out, files, resume
+        self._undo: list = []
+
+    def write(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = self.out / "metrics.csv"
+        if self.resume is not None and metrics.exists():
+            aside = rundir.set_aside(metrics)
+            self._undo.append(lambda: os.replace(aside, metrics))
+        for name, text in self.files.items():
+            self._undo.append(rundir.write_keeping(self.out / name, text))
+        if self.resume is None:
+            self._undo.clear()  # a new run's files describe it, whatever happens next
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._undo.clear()  # the resumed run has started: its files are its own now
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def _checkpoint_step(cfg: DictConfig, path: Path, module) -> int:
+    """The checkpoint's global step, once it is known to be readable and to hold this
+    run's parameters with their shapes (a ConfigError naming it otherwise)."""
+    where = f"ckpt_path={cfg.ckpt_path}"
+    if path.is_dir():
+        raise ConfigError(f"{where}: {path} is a directory (a sharded checkpoint); "
+                          "prefopt-train resumes from a single-file checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        step, state = checkpoint["global_step"], checkpoint["state_dict"]
+    except Exception as exc:  # truncated, not a checkpoint, ...: any reason to refuse it
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{where}: {path} is not a readable checkpoint ({reason}); resume "
+                          "from another checkpoint of the run, e.g. "
+                          f"ckpt_path={path.parent / 'best-step<N>.ckpt'}") from None
+    own = module.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape))
+              for k in sorted(own.keys() & state.keys())
+              if tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        what = (f"{shapes[0][0]} has shape {list(shapes[0][1])} there, {list(shapes[0][2])} "
+                "in this run's model" if shapes else
+                f"it lacks {missing[0]}" if missing else f"it has {unexpected[0]}, which this "
+                "run's model does not")
+        raise ConfigError(f"{where}: {path} is not a checkpoint of this run's model ({what}); "
+                          "resume with the run's own output_dir and ckpt_path=last")
+    return int(step)
+
+
+def _metrics_before(out: Path, step: int) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv up to the checkpoint at `step`; rows after it
+    are replayed by the resume. Reads only: the file is set aside by `_Commit`."""
     metrics = out / "metrics.csv"
     if not metrics.exists():
         return []
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)[
-        "global_step"]
     with open(metrics, newline="") as f:
         rows = list(csv.DictReader(f))
-    os.replace(metrics, out / "metrics.before-resume.csv")
     # Training rows before the checkpoint's step; validation rows up to and including it
     # (the validation that wrote the checkpoint is not run again).
     return [r for r in rows if int(float(r["step"])) < step or (

@@ -12,6 +12,7 @@ from prefopt.online.module import OnlineModule
 from prefopt.plugins.dpo import DPO
 from prefopt.registry import PluginError
 from prefopt.training import train
+from prefopt.training.config import ConfigError
 from prefopt.training.module import PreferenceModule
 
 
@@ -56,11 +57,10 @@ def test_metrics_before_the_checkpoint_are_kept_and_prepended(tmp_path):
             {"epoch": "0", "step": "4", "train/loss": "", "val/loss": "0.55"},
             {"epoch": "0", "step": "5", "train/loss": "0.4", "val/loss": ""}]
     _write_csv(tmp_path / "metrics.csv", rows)
-    torch.save({"global_step": 4}, tmp_path / "last.ckpt")
-    kept = train._set_aside_metrics(tmp_path, tmp_path / "last.ckpt")
+    before = (tmp_path / "metrics.csv").read_bytes()
+    kept = train._metrics_before(tmp_path, 4)
     assert kept == [rows[0], rows[1], rows[3]]
-    assert (tmp_path / "metrics.before-resume.csv").exists()
-    assert not (tmp_path / "metrics.csv").exists()
+    assert (tmp_path / "metrics.csv").read_bytes() == before  # read only: set aside later
     assert train._start_metrics(kept) == {"val/loss": 0.7}
 
     # The resumed run's logger writes a new file, with a column the first run lacked.
@@ -73,3 +73,44 @@ def test_metrics_before_the_checkpoint_are_kept_and_prepended(tmp_path):
     assert [(r["step"], r["train/loss"], r["val/loss"], r["train/lr"]) for r in merged] == [
         ("0", "", "0.7", ""), ("3", "0.6", "", ""), ("4", "", "0.55", ""),
         ("4", "0.5", "", "0.1")]
+
+
+def test_a_checkpoint_is_checked_before_the_run_is_touched(compose, tmp_path):
+    """A resume refuses, with a ConfigError naming it, a checkpoint that cannot be read or
+    does not hold this run's model, before writing anything (Lightning's own load comes
+    after the run's files would have been replaced, and ends in a traceback)."""
+    module, _, _ = train.build(compose())
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 7, "state_dict": module.state_dict()}, path)
+    cfg = compose("ckpt_path=last")
+    assert train._checkpoint_step(cfg, path, module) == 7
+
+    path.write_bytes(path.read_bytes()[:4096])  # cut short
+    with pytest.raises(ConfigError, match=rf"ckpt_path=last: {path} is not a readable "
+                                          r"checkpoint \(.*\); resume from another"):
+        train._checkpoint_step(cfg, path, module)
+
+    wider, _, _ = train.build(compose("model.tiny.hidden_size=32",
+                                      "model.tiny.intermediate_size=64"))
+    torch.save({"global_step": 7, "state_dict": wider.state_dict()}, path)
+    with pytest.raises(ConfigError, match=r"is not a checkpoint of this run's model \(policy\..* "
+                                          r"has shape \[103, 32\] there, \[103, 64\] in this "
+                                          r"run's model\)"):
+        train._checkpoint_step(cfg, path, module)
+    with pytest.raises(ConfigError, match="is a directory"):
+        train._checkpoint_step(cfg, tmp_path, module)
+
+
+def test_a_cache_of_sums_cannot_serve_per_token_reference_log_probs():
+    """Refused before any data is read, in one line, rather than by the module mid-build."""
+    from prefopt.objective import Needs
+    from prefopt.training.config import ConfigError
+
+    class PerToken(DPO):
+        def needs(self):
+            return Needs(token_logps=True)
+
+    objective = PerToken(DPO.Config(name="per_token"))
+    with pytest.raises(ConfigError, match=r"reference=cached cannot serve objective "
+                                          r"'per_token': it reads per-token reference"):
+        train._check_cacheable(objective, objective.needs())
