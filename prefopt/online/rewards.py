@@ -12,6 +12,17 @@ the record's prompt (a string or chat messages) and `completion` the decoded sam
   [0, 1]) is registered there;
 - or a dotted path, `package.module:function` (or `package.module.function`).
 
+Either may name a *factory* instead: a callable whose parameters are all keyword-only
+(`def length(*, target: int = 8)`, or a class whose `__init__` is), called once with
+`reward.kwargs` (`reward.kwargs.target=8` on the command line) and returning the reward
+function. The signature decides, not the kwargs: a factory with no kwargs given is called
+with its defaults, and kwargs given to a plain function are refused. Every kwarg is checked
+against the factory's signature first, each mistake one line naming the key: a key it does
+not take (with the ones it does), a value of the wrong type for the annotation (int, float,
+str, bool, Optional, Literal, list[...], dict[str, ...]; an int does for a float and is
+passed as one), a required one missing. A factory that raises, or returns something that is
+not callable, is a RewardError too.
+
 `reward.model` names a reward model saved by prefopt-train (objective=reward_bt or
 reward_pl, its `<run>/policy`) instead; it scores samples rendered as in its training.
 
@@ -24,10 +35,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Callable, Optional
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -41,11 +55,25 @@ class RewardError(ValueError):
     """A reward source failed or returned a value that cannot be trained on."""
 
 
+def _open_dict():
+    """An empty dict that Hydra's struct mode leaves open to new keys: the default of
+    `kwargs`, so that `reward.kwargs.<key>=<value>` needs no `+` (an OmegaConf DictConfig
+    flagged struct=False; `OmegaConf.to_object` and `dict()` turn it into a plain dict)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({}, flags={"struct": False})
+
+
 @dataclass
 class RewardConfig:
     function: Optional[str] = "synthetic"
     """A `prefopt.rewards` entry-point name (built in: synthetic) or a dotted path
-    `package.module:function`, called as fn(prompt, completion) -> float per sample."""
+    `package.module:function`, called as fn(prompt, completion) -> float per sample, or a
+    factory of one (all parameters keyword-only), called once with `kwargs`."""
+    kwargs: dict[str, Any] = field(default_factory=_open_dict)
+    """Keyword arguments of a reward factory (reward.kwargs.target=8, no `+`: the factory's
+    signature, not the schema, says which keys exist); checked against its signature. A
+    plain reward function takes none."""
     model: Optional[str] = None
     """A reward model directory saved by prefopt-train (<run>/policy of reward_bt or
     reward_pl); set `function` to null with it (reward=model does)."""
@@ -141,8 +169,9 @@ def listing() -> list[tuple[str, str, str]]:
     rows = []
     for name, info in sorted(entry_points().items()):
         try:
-            resolve_function(name)
-            what = f"reward function {info.value}"
+            kind = "reward factory" if is_factory(resolve_function(name)) else \
+                "reward function"
+            what = f"{kind} {info.value}"
         except RewardError as exc:
             what = f"BROKEN: {exc}"
         rows.append((name, f"{info.distribution} {info.version}", what))
@@ -174,6 +203,111 @@ def resolve_function(spec: str) -> Callable:
     return fn
 
 
+def is_factory(obj: Callable) -> bool:
+    """Whether `obj` is a reward factory: every parameter of its signature keyword-only (no
+    parameter at all counts too; a reward function takes (prompt, completion))."""
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: a plain function
+        return False
+    return all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else \
+        str(hint).replace("typing.", "")
+
+
+def _conforms(value, hint) -> tuple[bool, Any]:
+    """(whether `value` fits the annotation `hint`, the value to pass: an int as a float
+    where a float is wanted). Annotations it does not know accept anything."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True, value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        for arg in args:
+            ok, converted = _conforms(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args), value
+    if hint is type(None):
+        return value is None, value
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        if not args or (origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)):
+            return (origin is not tuple or not args or len(args) == len(value)), value
+        items = [_conforms(v, args[0]) for v in value]
+        converted = [c for _, c in items]
+        return all(ok for ok, _ in items), tuple(converted) if origin is tuple else converted
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False, value
+        if len(args) != 2:
+            return True, value
+        items = {k: _conforms(v, args[1]) for k, v in value.items()}
+        return (all(_conforms(k, args[0])[0] for k in value)
+                and all(ok for ok, _ in items.values())), {k: c for k, (_, c) in items.items()}
+    if isinstance(hint, type):
+        return isinstance(value, hint), value
+    return True, value
+
+
+def make_function(obj: Callable, kwargs: dict[str, Any] | None, spec: str) -> Callable:
+    """The reward function `obj` is: itself, or for a factory (is_factory) what it returns
+    when called with `kwargs`, each checked against its signature first (RewardError, one
+    line naming the key, on a mistake)."""
+    kwargs = dict(kwargs or {})
+    if not is_factory(obj):
+        if kwargs:
+            raise RewardError(f"reward.kwargs.{next(iter(kwargs))}: reward.function={spec} is "
+                              "a reward function fn(prompt, completion), not a factory (a "
+                              "callable taking keyword-only arguments), so it takes no "
+                              f"reward.kwargs (got {', '.join(kwargs)})")
+        return obj
+    signature = inspect.signature(obj)
+    try:
+        hints = typing.get_type_hints(obj if not isinstance(obj, type) else obj.__init__)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    params = {n: p for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    accepted = ", ".join(f"{n}: {_type_name(hints[n])}" if n in hints else n for n in params)
+    for key, value in list(kwargs.items()):
+        if key not in params:
+            if open_ended:
+                continue
+            raise RewardError(f"reward.kwargs.{key}: the reward factory {spec} takes no "
+                              f"argument '{key}'; it accepts: {accepted or 'none'}")
+        if key in hints:
+            ok, kwargs[key] = _conforms(value, hints[key])
+            if not ok:
+                raise RewardError(f"reward.kwargs.{key}={value!r}: the reward factory {spec} "
+                                  f"wants {key}: {_type_name(hints[key])}, got "
+                                  f"{type(value).__name__}")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise RewardError(f"reward.kwargs.{missing[0]}: the reward factory {spec} needs it "
+                          f"(reward.kwargs.{missing[0]}=<value>); it accepts: {accepted}")
+    try:
+        fn = obj(**kwargs)
+    except Exception as exc:
+        raise RewardError(f"reward.function={spec}: the reward factory raised "
+                          f"{type(exc).__name__}: {exc} with kwargs {kwargs}") from exc
+    if not callable(fn):
+        raise RewardError(f"reward.function={spec}: the reward factory returned "
+                          f"{_describe(fn)} ({type(fn).__name__}), not a function "
+                          "fn(prompt, completion) -> float")
+    return fn
+
+
 def build_reward(cfg: RewardConfig):
     """The reward source a RewardConfig names: exactly one of `function` and `model`."""
     if (cfg.function is None) == (cfg.model is None):
@@ -181,11 +315,19 @@ def build_reward(cfg: RewardConfig):
                           "a dotted path) or reward.model (a reward-model directory; "
                           f"with reward.function=null), got function={cfg.function!r}, "
                           f"model={cfg.model!r}")
+    kwargs = dict(cfg.kwargs or {})
     if cfg.model is not None:
+        if kwargs:
+            raise RewardError(f"reward.kwargs.{next(iter(kwargs))}: reward.kwargs are for a "
+                              "reward factory named in reward.function; a reward model "
+                              f"(reward.model={cfg.model}) takes none")
         return ModelReward(cfg.model, cfg.batch_size)
-    fn = resolve_function(cfg.function)
-    qualified = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+    obj = resolve_function(cfg.function)
+    qualified = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}"
     name = cfg.function if qualified.endswith(cfg.function) else f"'{cfg.function}' ({qualified})"
+    fn = make_function(obj, kwargs, cfg.function)
+    if is_factory(obj):
+        name += "(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
     return FunctionReward(fn, name)
 
 

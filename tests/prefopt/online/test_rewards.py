@@ -186,3 +186,105 @@ def test_reward_equals_an_unknown_name_points_at_reward_function(compose):
                                                          r"installed reward function 'nosuch' .*"
                                                          r"reward\.function=nosuch"):
         compose("objective=reinforce", "reward=nosuch")
+
+
+# -- reward factories: reward.kwargs -----------------------------------------------------
+
+FACTORIES = '''
+def length(*, target: int = 4, scale: float = 1.0):
+    """Minus scale times the distance of the completion's length from target."""
+    def fn(prompt, completion):
+        return -scale * abs(len(completion) - target)
+    return fn
+
+def needs_cutoff(*, cutoff: int, mode: str = "hard"):
+    return lambda prompt, completion: float(len(completion) > cutoff)
+
+def not_a_function(*, target: int = 1):
+    return target
+
+def plain(prompt, completion):
+    return 1.0
+'''
+
+
+@pytest.fixture
+def factories(reward_dists):
+    reward_dists("lengthy", {"length": "fakereward_factories:length"},
+                 sources={"fakereward_factories": FACTORIES})
+
+
+def test_a_factory_gets_its_kwargs_from_the_command_line(factories, compose):
+    from omegaconf import OmegaConf
+
+    cfg = compose("objective=reinforce", "reward=length", "reward.kwargs.target=8")
+    assert OmegaConf.to_container(cfg.reward.kwargs) == {"target": 8}
+    reward = build_reward(OmegaConf.to_object(cfg.reward))
+    # -|8 - 8| = 0, -|3 - 8| = -5
+    torch.testing.assert_close(reward(["p", "q"], ["12345678", "123"]), torch.tensor([0.0, -5.0]))
+    assert reward.name == "length(target=8)"
+    # No kwargs: the factory's defaults, target 4: -|4 - 4| = 0, -|0 - 4| = -4.
+    reward = build_reward(RewardConfig(function="length"))
+    torch.testing.assert_close(reward(["p", "q"], ["1234", ""]), torch.tensor([0.0, -4.0]))
+    # An int where the annotation says float is passed as one: -2.0 * |2 - 8| = -12.
+    reward = build_reward(RewardConfig(function="fakereward_factories:length",
+                                       kwargs={"target": 8, "scale": 2}))
+    torch.testing.assert_close(reward(["p"], ["12"]), torch.tensor([-12.0]))
+
+
+def test_the_builtin_reward_config_has_empty_kwargs(compose):
+    cfg = compose("objective=reinforce")
+    assert (cfg.reward.function, dict(cfg.reward.kwargs)) == ("synthetic", {})
+    assert dict(compose("objective=reinforce", "reward=model",
+                        "reward.model=/x").reward.kwargs) == {}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"target": "abc"}, "reward.kwargs.target='abc': the reward factory "
+                        "fakereward_factories:length wants target: int, got str"),
+    ({"target": True}, "reward.kwargs.target=True: the reward factory "
+                       "fakereward_factories:length wants target: int, got bool"),
+    ({"scale": [1]}, "reward.kwargs.scale=[1]: the reward factory "
+                     "fakereward_factories:length wants scale: float, got list"),
+    ({"tagret": 8}, "reward.kwargs.tagret: the reward factory fakereward_factories:length "
+                    "takes no argument 'tagret'; it accepts: target: int, scale: float"),
+])
+def test_factory_kwargs_mistakes_are_one_line_naming_the_key(factories, kwargs, message):
+    with pytest.raises(RewardError) as err:
+        build_reward(RewardConfig(function="fakereward_factories:length", kwargs=kwargs))
+    assert str(err.value) == message
+
+
+def test_factory_mistakes_of_the_factory_or_the_config(factories):
+    with pytest.raises(RewardError) as err:
+        build_reward(RewardConfig(function="fakereward_factories:needs_cutoff"))
+    assert str(err.value) == ("reward.kwargs.cutoff: the reward factory "
+                              "fakereward_factories:needs_cutoff needs it "
+                              "(reward.kwargs.cutoff=<value>); it accepts: cutoff: int, "
+                              "mode: str")
+    with pytest.raises(RewardError) as err:
+        build_reward(RewardConfig(function="fakereward_factories:not_a_function"))
+    assert str(err.value) == ("reward.function=fakereward_factories:not_a_function: the reward "
+                              "factory returned 1 (int), not a function "
+                              "fn(prompt, completion) -> float")
+    with pytest.raises(RewardError) as err:
+        build_reward(RewardConfig(function="fakereward_factories:plain", kwargs={"target": 8}))
+    assert str(err.value).startswith("reward.kwargs.target: reward.function="
+                                     "fakereward_factories:plain is a reward function "
+                                     "fn(prompt, completion), not a factory")
+    with pytest.raises(RewardError) as err:
+        build_reward(RewardConfig(function=None, model="/some/dir", kwargs={"target": 8}))
+    assert str(err.value).startswith("reward.kwargs.target: reward.kwargs are for a reward "
+                                     "factory named in reward.function")
+    # 6 > 5: 1.0; 3 > 5: no, 0.0.
+    reward = build_reward(RewardConfig(function="fakereward_factories:needs_cutoff",
+                                       kwargs={"cutoff": 5}))
+    torch.testing.assert_close(reward(["p", "q"], ["123456", "123"]), torch.tensor([1.0, 0.0]))
+
+
+def test_listing_says_factory(factories):
+    from prefopt.online.rewards import listing
+
+    rows = {name: what for name, _, what in listing()}
+    assert rows["length"] == "reward factory fakereward_factories:length"
+    assert rows["synthetic"] == "reward function prefopt.data.synthetic:score"
