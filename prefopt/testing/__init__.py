@@ -128,11 +128,14 @@ from prefopt.testing.invariance import (
     _reorderings,
 )
 from prefopt.testing.metrics import REQUIRED_METRICS, _check_metrics
+from prefopt.testing.reward import REWARD_CHECKS, check_reward
 
 __all__ = [
     # the checks, and what they raise
     "check_objective", "check_declaration", "check_entry_point", "check_config",
     "check_loss", "ConformanceError",
+    # reward functions and factories (prefopt.rewards)
+    "check_reward", "REWARD_CHECKS",
     # for testing an objective's YAML presets
     "compose_objective",
     # what the checks return and run on
