@@ -288,3 +288,23 @@ def test_listing_says_factory(factories):
     rows = {name: what for name, _, what in listing()}
     assert rows["length"] == "reward factory fakereward_factories:length"
     assert rows["synthetic"] == "reward function prefopt.data.synthetic:score"
+
+
+def test_the_documented_factory_and_its_errors_are_true(tmp_path, monkeypatch):
+    """docs/online.md's factory example scores as it says, and its error lines are the
+    errors prefopt gives (the module path changed to where the test puts the code)."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "online.md").read_text()
+    (code,) = re.findall(r"```python\n# my_package/rewards.py\n(.*?)```", docs, re.S)
+    (tmp_path / "docs_rewards.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "reward.kwargs.target=8" in docs and "-abs(3 - 8) = -5.0" in docs
+    reward = build_reward(RewardConfig(function="docs_rewards:length", kwargs={"target": 8}))
+    torch.testing.assert_close(reward(["p"], ["123"]), torch.tensor([-5.0]))
+    for kwargs in ({"tagret": 8}, {"target": "eight"}):
+        with pytest.raises(RewardError) as err:
+            build_reward(RewardConfig(function="docs_rewards:length", kwargs=kwargs))
+        documented = str(err.value).replace("docs_rewards:length", "my_package.rewards:length")
+        assert documented + "\n" in docs
