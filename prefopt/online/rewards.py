@@ -242,8 +242,13 @@ def _conforms(value, hint) -> tuple[bool, Any]:
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False, value
-        if not args or (origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)):
-            return (origin is not tuple or not args or len(args) == len(value)), value
+        if not args:
+            return True, value
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                return False, value
+            items = [_conforms(v, a) for v, a in zip(value, args)]
+            return all(ok for ok, _ in items), tuple(c for _, c in items)
         items = [_conforms(v, args[0]) for v in value]
         converted = [c for _, c in items]
         return all(ok for ok, _ in items), tuple(converted) if origin is tuple else converted

@@ -205,6 +205,16 @@ def not_a_function(*, target: int = 1):
 
 def plain(prompt, completion):
     return 1.0
+
+from typing import Literal, Optional
+
+def typed(*, limit: Optional[int] = None, mode: Literal["sum", "max"] = "sum",
+          ids: list[int] = (), weights: dict[str, float] = None, pair: tuple[int, float] = (0, 0.0),
+          anything=None):
+    seen = dict(limit=limit, mode=mode, ids=ids, weights=weights, pair=pair, anything=anything)
+    fn = lambda prompt, completion: 0.0
+    fn.seen = seen
+    return fn
 '''
 
 
@@ -308,3 +318,24 @@ def test_the_documented_factory_and_its_errors_are_true(tmp_path, monkeypatch):
             build_reward(RewardConfig(function="docs_rewards:length", kwargs=kwargs))
         documented = str(err.value).replace("docs_rewards:length", "my_package.rewards:length")
         assert documented + "\n" in docs
+
+
+def test_annotations_the_kwargs_are_checked_against(factories):
+    from prefopt.online.rewards import make_function, resolve_function
+
+    typed = resolve_function("fakereward_factories:typed")
+    fn = make_function(typed, {"limit": None, "mode": "max", "ids": [1, 2],
+                               "weights": {"a": 1, "b": 0.5}, "pair": [3, 4],
+                               "anything": object}, "typed")
+    # ints become floats where a float is wanted: weights' values, the pair's second.
+    assert fn.seen == {"limit": None, "mode": "max", "ids": [1, 2],
+                       "weights": {"a": 1.0, "b": 0.5}, "pair": (3, 4.0), "anything": object}
+    assert isinstance(fn.seen["weights"]["a"], float) and isinstance(fn.seen["pair"][1], float)
+    assert make_function(typed, {"limit": 3}, "typed").seen["limit"] == 3
+    for key, value in [("limit", 2.5), ("mode", "min"), ("ids", [1, "2"]), ("ids", 1),
+                       ("weights", {"a": "x"}), ("weights", {1: 1.0}), ("pair", [1, 2, 3]),
+                       ("pair", [1.5, 2])]:
+        with pytest.raises(RewardError, match=rf"^reward\.kwargs\.{key}=.*: the reward factory "
+                                              rf"typed wants {key}: ") as err:
+            make_function(typed, {key: value}, "typed")
+        assert "\n" not in str(err.value)
