@@ -268,7 +268,11 @@ def _conforms(value, hint) -> tuple[bool, Any]:
 def make_function(obj: Callable, kwargs: dict[str, Any] | None, spec: str) -> Callable:
     """The reward function `obj` is: itself, or for a factory (is_factory) what it returns
     when called with `kwargs`, each checked against its signature first (RewardError, one
-    line naming the key, on a mistake)."""
+    line naming the key, on a mistake). An OmegaConf node is made plain first."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(kwargs, DictConfig):
+        kwargs = OmegaConf.to_container(kwargs, resolve=True)
     kwargs = dict(kwargs or {})
     if not is_factory(obj):
         if kwargs:

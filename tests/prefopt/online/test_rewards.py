@@ -339,3 +339,13 @@ def test_annotations_the_kwargs_are_checked_against(factories):
                                               rf"typed wants {key}: ") as err:
             make_function(typed, {key: value}, "typed")
         assert "\n" not in str(err.value)
+
+
+def test_kwargs_as_an_omegaconf_node_are_made_plain(factories):
+    from omegaconf import OmegaConf
+
+    from prefopt.online.rewards import make_function, resolve_function
+
+    typed = resolve_function("fakereward_factories:typed")
+    fn = make_function(typed, OmegaConf.create({"ids": [1, 2], "weights": {"a": 1}}), "typed")
+    assert fn.seen["ids"] == [1, 2] and fn.seen["weights"] == {"a": 1.0}
