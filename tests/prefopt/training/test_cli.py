@@ -112,3 +112,23 @@ def test_a_bad_setting_is_one_line_naming_it(tmp_path, override, culprit):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("prefopt-train: error: ") and culprit in last
     assert not (out / "config.yaml").exists()
+
+
+def test_a_model_path_that_is_no_model_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    result = run("model=hf", f"model.name_or_path={missing}", *FAST,
+                 f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"prefopt-train: error: model.name_or_path={missing}: is neither a local "
+                    "folder (no such path) nor a hub id (owner/name) that can be reached; "
+                    "give an existing model folder or a hub id")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    result = run("model=hf", f"model.name_or_path={folder}", *FAST,
+                 f"output_dir={tmp_path / 'out2'}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"prefopt-train: error: model.name_or_path={folder}: the folder "
+                           "is not a saved model (it holds none of config.json)")
