@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -171,6 +172,19 @@ def check_settings(cfg: DictConfig) -> None:
                           "trainer.val_check_interval=<n>")
 
 
+def check_writable(out: Path) -> None:
+    """Refuse an output_dir the run could not write into (read-only, not a folder), in one
+    line, before anything is built. Creates `out` (as the run would) and nothing else."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"output_dir={out}: the run cannot write there ({reason}); choose "
+                          "a folder you can write to: output_dir=<folder>") from None
+
+
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run the job described by `cfg`; returns the validation metrics before and after.
 
@@ -180,6 +194,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     and its checkpoint passed every check (`_Commit`)."""
     check_settings(cfg)
     out = Path(cfg.output_dir)
+    if rank_zero_only.rank == 0:
+        check_writable(out)
     resume = _resume_checkpoint(cfg, out)
     if resume is not None:
         rundir.check_resume(cfg, out)
