@@ -164,6 +164,13 @@ def check_settings(cfg: DictConfig) -> None:
             what = "a whole number" + (f" >= {least}" if least > -1 else " (-1: no limit)")
             raise ConfigError(f"trainer.{key}={value!r}: must be {what}; set "
                               f"trainer.{key}=<n>")
+    lr = cfg.optimizer.lr
+    if lr < 0:
+        raise ConfigError(f"optimizer.lr={lr}: a learning rate must be >= 0; set "
+                          "optimizer.lr=<rate>, e.g. optimizer.lr=1e-5")
+    if lr == 0:
+        log.warning("optimizer.lr=0: the policy's weights will not change during this run; "
+                    "set optimizer.lr=<rate> to train it")
     interval = cfg.trainer.get("val_check_interval")
     if interval is not None and (isinstance(interval, bool)
                                  or not isinstance(interval, (int, float)) or interval <= 0):

@@ -141,3 +141,13 @@ def test_an_output_dir_under_a_file_is_one_config_error(compose, fast_overrides,
     with pytest.raises(ConfigError, match=rf"^output_dir={out}: the run cannot write there"):
         train.train(compose(*fast_overrides, f"output_dir={out}"))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused(compose, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="prefopt"):
+        train.check_settings(compose("optimizer.lr=0"))
+    assert "optimizer.lr=0: the policy's weights will not change during this run" in caplog.text
+    with pytest.raises(ConfigError, match=r"^optimizer.lr=-0.1: a learning rate must be >= 0"):
+        train.check_settings(compose("optimizer.lr=-0.1"))
