@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from prefopt.data import synthetic
 from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
-from prefopt.data.records import PARSERS, Record, RecordError, read_records, unpair
+from prefopt.data.records import PARSERS, Record, RecordError, iter_raw, read_records, unpair
 from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
 from prefopt.objective import FORMATS, BatchFormat
@@ -77,12 +77,12 @@ def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]
         loaded = {name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
                   for name, rows in synthetic.splits(cfg.synthetic, source).items()}
     else:
-        train = _nonempty(cfg.path, source, read_records(cfg.path, source, cfg.split))
+        train = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.split, fmt))
         if cfg.val_path is not None:
             val = _nonempty(cfg.val_path, source,
-                            read_records(cfg.val_path, source, cfg.val_split or "train"))
+                            _read(cfg.val_path, source, cfg.val_split or "train", fmt))
         elif cfg.val_split is not None:
-            val = _nonempty(cfg.path, source, read_records(cfg.path, source, cfg.val_split))
+            val = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.val_split, fmt))
         else:
             train, val = _held_out(train, cfg.val_fraction, seed, cfg.path)
         loaded = {"train": train, "val": val}
@@ -94,6 +94,47 @@ def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]
 _FIELDS = {"pairwise": "{prompt, chosen, rejected}", "unpaired": "{prompt, completion, label}",
            "ranked": "{prompt, completions, ranks}",
            "attributed": "{prompt, response, attributes}", "prompts": "{prompt}"}
+
+
+# The fields that tell a record's format, checked in this order.
+_MARKS = (("pairwise", {"chosen", "rejected"}), ("unpaired", {"completion", "label"}),
+          ("ranked", {"completions", "ranks"}), ("ranked", {"answers"}),
+          ("attributed", {"response", "attributes"}))
+
+
+def _format_of(raw) -> str | None:
+    """The format a raw record is in, by its fields; None if it has none's."""
+    if not isinstance(raw, dict):
+        return None
+    return next((fmt for fmt, fields in _MARKS if fields <= set(raw)), None)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _read(path: str, source: str, split: str, fmt: str) -> list[Record]:
+    """read_records, naming both formats when the file holds records of another format
+    than the objective consumes (`fmt`; `source` is what is read: pairwise to unpair)."""
+    try:
+        return read_records(path, source, split)
+    except RecordError as exc:
+        try:
+            where, first = next(iter_raw(path, split))
+        except (RecordError, StopIteration):
+            raise exc from None
+        found = _format_of(first)
+        if found is None or found == source:
+            raise
+        if found == "pairwise" and fmt == "unpaired":
+            fix = "set data.unpair=true to split each pair into a desirable and an " \
+                  "undesirable record"
+        else:
+            fix = (f"convert the data to {source} records, or choose an objective that "
+                   f"consumes {found} records (prefopt-plugins lists each one's format)")
+        raise RecordError(where, f"the objective consumes {source} records "
+                          f"{_FIELDS[source]}, but this is {_a(found)} record "
+                          f"{_FIELDS[found]}: {fix}") from None
 
 
 def _nonempty(path: str, fmt: str, records: list[Record]) -> list[Record]:

@@ -87,3 +87,23 @@ def test_no_usable_record_names_the_file_and_the_rules(tmp_path):
                                           r"records kept.*\): add records, or relax the "
                                           r"data.on_\* rules"):
         module.setup("fit")
+
+
+def test_records_of_another_format_name_both_formats(tmp_path):
+    unpaired = tmp_path / "unpaired.jsonl"
+    unpaired.write_text(json.dumps({"prompt": "p", "completion": "a", "label": True}) + "\n")
+    with pytest.raises(RecordError, match=rf"^{unpaired}:1: the objective consumes pairwise "
+                                          r"records \{prompt, chosen, rejected\}, but this is "
+                                          r"an unpaired record \{prompt, completion, label\}: "
+                                          r"convert the data .* consumes unpaired records"):
+        load_splits(DataConfig(path=str(unpaired)), "pairwise", seed=0)
+    pairs = _pairs(tmp_path / "pairs.jsonl", 4)
+    with pytest.raises(RecordError, match=rf"^{pairs}:1: the objective consumes unpaired "
+                                          r"records .* but this is a pairwise record .*: set "
+                                          r"data.unpair=true"):
+        load_splits(DataConfig(path=pairs), "unpaired", seed=0)
+    # A record of the right format with a missing field keeps its own message.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    with pytest.raises(RecordError, match=r":1: field 'rejected': missing$"):
+        load_splits(DataConfig(path=str(broken)), "pairwise", seed=0)
