@@ -32,7 +32,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 
@@ -40,16 +42,32 @@ from prefopt import registry
 from prefopt.generate import GenerationConfig, generate
 from prefopt.models import make_reference, uses_lora
 from prefopt.objective import FORMATS
-from prefopt.training.config import TrainConfig
+from prefopt.training.config import ConfigError, TrainConfig
 
 
 def load_run_config(run_dir: Path):
     """The run's config.yaml, typed again by prefopt's schema and its objective's Config."""
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    objective_cls = registry.load(saved.objective.name)
-    objective = OmegaConf.merge(OmegaConf.structured(objective_cls.Config), saved.objective)
-    rest = {k: v for k, v in saved.items() if k != "objective"}
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), rest)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file, not a run directory; give the output_dir "
+                          "of a prefopt-train run (the folder that holds config.yaml)")
+    path = run_dir / "config.yaml"
+    try:
+        saved = OmegaConf.load(path)
+        name = saved.objective.name
+    except (yaml.YAMLError, OmegaConfBaseException, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a readable run config ({first}); prefopt-train "
+                          "writes it: restore it from the run, or train again") from None
+    objective_cls = registry.load(name)
+    try:
+        objective = OmegaConf.merge(OmegaConf.structured(objective_cls.Config),
+                                    saved.objective)
+        rest = {k: v for k, v in saved.items() if k != "objective"}
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), rest)
+    except OmegaConfBaseException as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not a valid run config ({first}); prefopt-train "
+                          "writes it: restore it from the run, or train again") from None
     cfg.objective = objective
     return cfg
 

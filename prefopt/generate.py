@@ -94,10 +94,11 @@ def _requests(args, schema) -> tuple[list[Text], list[dict] | None]:
     """(prompts, attribute requests) from --prompt / --input and --attributes."""
     from prefopt.data.records import RecordError, _check_text, iter_raw
 
-    default = schema.parse(args.attributes, "--attributes") if args.attributes else {}
     if args.attributes and schema is None:
-        raise ValueError("--attributes: this policy has no attribute schema (it was not "
-                         "trained with objective=steerlm)")
+        raise ValueError(f"--attributes: the policy {args.model} has no attribute schema (it "
+                         "was not trained with objective=steerlm); leave --attributes out, "
+                         "or give a SteerLM policy")
+    default = schema.parse(args.attributes, "--attributes") if args.attributes else {}
     prompts, requests = list(args.prompt or []), [default] * len(args.prompt or [])
     if args.input:
         for where, raw in iter_raw(args.input):
@@ -112,6 +113,35 @@ def _requests(args, schema) -> tuple[list[Text], list[dict] | None]:
     if not prompts:
         raise ValueError("nothing to answer: give --prompt TEXT or --input FILE")
     return prompts, requests if schema is not None else None
+
+
+def _at_least_one(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _positive(upper: float | None):
+    """A float type for argparse in (0, upper] (no bound without `upper`)."""
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0 or (upper is not None and value > upper):
+            bound = f"in (0, {upper:g}]" if upper is not None else "> 0"
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,10 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="JSONL file (default: standard output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=_positive(None), default=1.0)
+    parser.add_argument("--top-p", type=_positive(1.0), default=1.0,
+                        help="nucleus sampling: the share of probability kept, in (0, 1]")
+    parser.add_argument("--num-samples", type=_at_least_one, default=1)
+    parser.add_argument("--max-new-tokens", type=_at_least_one, default=32)
     args = parser.parse_args(argv)
     try:
         model, tokenizer, schema = load_policy(args.model)

@@ -7,6 +7,8 @@ built-in tiny model (prefopt.tiny) is built from a config with random weights.
 from __future__ import annotations
 
 import copy
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,6 +21,45 @@ from transformers import (
 )
 
 from prefopt import tiny
+
+
+class ModelSourceError(ValueError):
+    """`model.name_or_path` (or `model.tokenizer`) names neither a model folder nor a hub
+    repository that can be reached; the message names the setting and the fix."""
+
+
+# A hub repository id: `name` or `owner/name`, of letters, digits, `-`, `_` and `.`.
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_MODEL_FILES = ("config.json",)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_source(setting: str, source: str, files: tuple[str, ...] = _MODEL_FILES) -> None:
+    """Refuse a `source` that is a local path but no model folder (a missing path, a file,
+    a folder without `files`) before transformers reads it as a hub id."""
+    what = "model" if files == _MODEL_FILES else "tokenizer"
+    if os.path.isdir(source):
+        if not any(os.path.isfile(os.path.join(source, f)) for f in files):
+            raise ModelSourceError(
+                f"{setting}={source}: the folder is not a saved {what} (it holds none of "
+                f"{', '.join(files)}); give the folder that save_pretrained wrote, e.g. a "
+                "run's policy/")
+        return
+    if os.path.exists(source):
+        raise ModelSourceError(f"{setting}={source}: is a file, not a {what} folder; give the "
+                               "folder that save_pretrained wrote, or a hub id (owner/name)")
+    looks_local = source.startswith(("/", ".", "~")) or source.count("/") > 1
+    if looks_local or not _REPO_ID.match(source):
+        raise ModelSourceError(
+            f"{setting}={source}: is neither a local folder (no such path) nor a hub id "
+            "(owner/name) that can be reached; give an existing model folder or a hub id")
+
+
+def _unreachable(setting: str, source: str, exc: OSError) -> ModelSourceError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelSourceError(f"{setting}={source}: is neither a local folder nor reachable as a "
+                            f"hub id ({first}); give an existing model folder, or check the "
+                            "id and the network (HF_HUB_OFFLINE)")
 
 
 @dataclass
@@ -70,8 +111,13 @@ def build_tokenizer(cfg: ModelConfig):
     source = cfg.tokenizer or cfg.name_or_path
     if not source:
         return tiny.build_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                              trust_remote_code=cfg.trust_remote_code)
+    setting = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    check_source(setting, source, _TOKENIZER_FILES if cfg.tokenizer else _MODEL_FILES)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    except OSError as exc:
+        raise _unreachable(setting, source, exc) from exc
     if tokenizer.pad_token is None:
         # Padding positions are masked out everywhere; any existing token will do.
         tokenizer.pad_token = tokenizer.eos_token
@@ -86,10 +132,14 @@ def build_policy(cfg: ModelConfig, tokenizer, reward_head: bool = False, num_lab
     auto = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
     head_kwargs = {"num_labels": num_labels} if reward_head else {}
     if cfg.name_or_path:
-        model = auto.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
-            trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation,
-            **head_kwargs)
+        check_source("model.name_or_path", cfg.name_or_path)
+        try:
+            model = auto.from_pretrained(
+                cfg.name_or_path, revision=cfg.revision, dtype=getattr(torch, cfg.dtype),
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation, **head_kwargs)
+        except OSError as exc:
+            raise _unreachable("model.name_or_path", cfg.name_or_path, exc) from exc
     else:
         config = tiny.build_config(tokenizer, **vars(cfg.tiny))
         config._attn_implementation = cfg.attn_implementation

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from prefopt.data import synthetic
 from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
-from prefopt.data.records import PARSERS, Record, read_records, unpair
+from prefopt.data.records import PARSERS, Record, RecordError, iter_raw, read_records, unpair
 from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
 from prefopt.objective import FORMATS, BatchFormat
@@ -50,10 +50,14 @@ class DataConfig(TokenizeConfig):
     synthetic: synthetic.SyntheticConfig = field(default_factory=synthetic.SyntheticConfig)
 
 
-def _held_out(records: list[Record], fraction: float, seed: int
+def _held_out(records: list[Record], fraction: float, seed: int, source: str = "data"
               ) -> tuple[list[Record], list[Record]]:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    if len(records) < 2:
+        raise RecordError(source, f"holds {len(records)} record, and holding out validation "
+                          "records (data.val_fraction) leaves none to train on: add "
+                          "records, or give validation records in data.val_path=<file>")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_val = max(1, round(fraction * len(records)))
@@ -73,17 +77,71 @@ def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]
         loaded = {name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
                   for name, rows in synthetic.splits(cfg.synthetic, source).items()}
     else:
-        train = read_records(cfg.path, source, cfg.split)
+        train = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.split, fmt))
         if cfg.val_path is not None:
-            val = read_records(cfg.val_path, source, cfg.val_split or "train")
+            val = _nonempty(cfg.val_path, source,
+                            _read(cfg.val_path, source, cfg.val_split or "train", fmt))
         elif cfg.val_split is not None:
-            val = read_records(cfg.path, source, cfg.val_split)
+            val = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.val_split, fmt))
         else:
-            train, val = _held_out(train, cfg.val_fraction, seed)
+            train, val = _held_out(train, cfg.val_fraction, seed, cfg.path)
         loaded = {"train": train, "val": val}
     if cfg.unpair:
         loaded = {name: unpair(records) for name, records in loaded.items()}
     return loaded
+
+
+_FIELDS = {"pairwise": "{prompt, chosen, rejected}", "unpaired": "{prompt, completion, label}",
+           "ranked": "{prompt, completions, ranks}",
+           "attributed": "{prompt, response, attributes}", "prompts": "{prompt}"}
+
+
+# The fields that tell a record's format, checked in this order.
+_MARKS = (("pairwise", {"chosen", "rejected"}), ("unpaired", {"completion", "label"}),
+          ("ranked", {"completions", "ranks"}), ("ranked", {"answers"}),
+          ("attributed", {"response", "attributes"}))
+
+
+def _format_of(raw) -> str | None:
+    """The format a raw record is in, by its fields; None if it has none's."""
+    if not isinstance(raw, dict):
+        return None
+    return next((fmt for fmt, fields in _MARKS if fields <= set(raw)), None)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _read(path: str, source: str, split: str, fmt: str) -> list[Record]:
+    """read_records, naming both formats when the file holds records of another format
+    than the objective consumes (`fmt`; `source` is what is read: pairwise to unpair)."""
+    try:
+        return read_records(path, source, split)
+    except RecordError as exc:
+        try:
+            where, first = next(iter_raw(path, split))
+        except (RecordError, StopIteration):
+            raise exc from None
+        found = _format_of(first)
+        if found is None or found == source:
+            raise
+        if found == "pairwise" and fmt == "unpaired":
+            fix = "set data.unpair=true to split each pair into a desirable and an " \
+                  "undesirable record"
+        else:
+            fix = (f"convert the data to {source} records, or choose an objective that "
+                   f"consumes {found} records (prefopt-plugins lists each one's format)")
+        raise RecordError(where, f"the objective consumes {source} records "
+                          f"{_FIELDS[source]}, but this is {_a(found)} record "
+                          f"{_FIELDS[found]}: {fix}") from None
+
+
+def _nonempty(path: str, fmt: str, records: list[Record]) -> list[Record]:
+    if not records:
+        raise RecordError(path, f"holds no records: give a file with {fmt} records "
+                          f"{_FIELDS.get(fmt, '')}, one JSON object per line (.jsonl)")
+    return records
 
 
 def attribute_schema(cfg: DataConfig) -> AttributeSchema:
@@ -142,9 +200,22 @@ class PreferenceDataModule(pl.LightningDataModule):
         for name, records in load_splits(self.cfg, self.fmt, self.seed).items():
             groups, report = encoder.encode_all(records)
             if len(groups) < (2 if self.mismatched else 1):
-                raise ValueError(f"too few usable {name} records: {report.summary()}")
+                source = self._source(name)
+                raise RecordError(source, f"too few usable {name} records "
+                                  f"({report.summary()}): "
+                                  + ("add records, or relax the data.on_* rules or "
+                                     "data.max_length that skipped them" if source != "synthetic"
+                                     else "raise data.synthetic.n_" + name))
             self.groups[name], self.reports[name] = groups, report
             log.info("data %s: %s", name, report.summary())
+
+    def _source(self, name: str) -> str:
+        """Where the records of split `name` come from, for messages."""
+        if self.cfg.path is None:
+            return "synthetic"
+        if name == "val" and self.cfg.val_path is not None:
+            return self.cfg.val_path
+        return self.cfg.path
 
     def _loader(self, name: str, batch_size: int, sampler=None) -> DataLoader:
         collate = functools.partial(collate_groups, pad_id=self.tokenizer.pad_token_id,

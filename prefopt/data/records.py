@@ -1,7 +1,8 @@
 """Reading preference records from JSONL, JSON, Parquet or a `datasets` dataset.
 
 Formats follow TRL's conventions; every prompt and completion is either a plain string or
-a list of chat messages `{"role": ..., "content": ...}`:
+a list of chat messages `{"role": ..., "content": ...}`, the role one of system, user,
+assistant or tool:
 
 - pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength)
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
@@ -29,6 +30,8 @@ Messages = list[dict[str, str]]
 Text = Union[str, Messages]
 
 PAIRWISE_FIELDS = ("prompt", "chosen", "rejected")
+ROLES = ("system", "user", "assistant", "tool")
+"""The chat roles a message may have; chat templates render any other as literal text."""
 
 
 class RecordError(ValueError):
@@ -150,6 +153,9 @@ def _check_text(where: str, field: str, value: Any) -> Text:
             for key in ("role", "content"):
                 if not isinstance(message.get(key), str):
                     raise RecordError(where, f"message {i} lacks a string '{key}'", field)
+            if message["role"] not in ROLES:
+                raise RecordError(where, f"message {i} has role {message['role']!r}; a role "
+                                  f"is one of {', '.join(ROLES)}", field)
         return value
     kind = "an empty list" if value == [] else type(value).__name__
     raise RecordError(where, f"expected a string or a list of chat messages, got {kind}", field)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from prefopt import registry
 from prefopt.data.records import RecordError
+from prefopt.models import ModelSourceError
 from prefopt.objective import UnknownSettingError
 from prefopt.online import rewards
 from prefopt.online.rewards import RewardError
@@ -23,7 +24,8 @@ log = logging.getLogger("prefopt")
 
 # Errors that describe bad input or a bad setup: the message says it all, no traceback.
 _USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
-                FileNotFoundError, RewardError, UnknownSettingError, RunDirError)
+                FileNotFoundError, RewardError, UnknownSettingError, RunDirError,
+                ModelSourceError)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prefopt.conf", config_name="train")

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -60,7 +61,16 @@ def _write_json(path: Path, payload) -> None:
 
 def build(cfg: DictConfig):
     """(module, datamodule, tokenizer) for a composed config."""
-    objective = registry.build(OmegaConf.to_object(cfg.objective))
+    objective_cfg = OmegaConf.to_object(cfg.objective)
+    try:
+        objective = registry.build(objective_cfg)
+    except (ConfigError, registry.PluginError):
+        raise
+    except ValueError as exc:
+        # An objective refusing a value of its own Config (e.g. require_positive): the
+        # message names the setting; anything else an objective raises stays a traceback.
+        raise ConfigError(f"objective '{objective_cfg.name}': {exc}; give "
+                          "objective.<setting>=<value> a value it accepts") from exc
     if FORMATS[objective.batch_format].fed:
         return _build_offline(cfg, objective)
     return _build_online(cfg, objective)
@@ -128,6 +138,60 @@ def _build_online(cfg: DictConfig, objective: Objective):
     return module, datamodule, tokenizer
 
 
+# Lightning's Trainer arguments that must be whole numbers: (key, smallest value allowed).
+_TRAINER_INTS = {"max_steps": -1, "max_epochs": -1, "min_steps": 0, "min_epochs": 0,
+                 "log_every_n_steps": 1, "accumulate_grad_batches": 1,
+                 "num_sanity_val_steps": -1, "check_val_every_n_epoch": 1}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse values no run can work with, before anything is built or written, naming the
+    override to fix (the schema checks types only where it declares them)."""
+    for key in ("batch_size", "val_batch_size"):
+        value = cfg.data.get(key)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ConfigError(f"data.{key}={value!r}: records per batch must be a whole "
+                              f"number >= 1; set data.{key}=<n>, e.g. data.{key}=8")
+    for key, least in _TRAINER_INTS.items():
+        value = cfg.trainer.get(key)
+        if value is None:
+            continue
+        if not _is_int(value) or value < least:
+            what = "a whole number" + (f" >= {least}" if least > -1 else " (-1: no limit)")
+            raise ConfigError(f"trainer.{key}={value!r}: must be {what}; set "
+                              f"trainer.{key}=<n>")
+    lr = cfg.optimizer.lr
+    if lr < 0:
+        raise ConfigError(f"optimizer.lr={lr}: a learning rate must be >= 0; set "
+                          "optimizer.lr=<rate>, e.g. optimizer.lr=1e-5")
+    if lr == 0:
+        log.warning("optimizer.lr=0: the policy's weights will not change during this run; "
+                    "set optimizer.lr=<rate> to train it")
+    interval = cfg.trainer.get("val_check_interval")
+    if interval is not None and (isinstance(interval, bool)
+                                 or not isinstance(interval, (int, float)) or interval <= 0):
+        raise ConfigError(f"trainer.val_check_interval={interval!r}: must be a number of "
+                          "steps (an integer >= 1) or a fraction of an epoch in (0, 1]; set "
+                          "trainer.val_check_interval=<n>")
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an output_dir the run could not write into (read-only, not a folder), in one
+    line, before anything is built. Creates `out` (as the run would) and nothing else."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"output_dir={out}: the run cannot write there ({reason}); choose "
+                          "a folder you can write to: output_dir=<folder>") from None
+
+
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run the job described by `cfg`; returns the validation metrics before and after.
 
@@ -135,7 +199,10 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     a directory that holds a run; a resume is refused if `cfg` changes a setting the run
     must keep (`rundir.check_resume`), and writes nothing into the run until its settings
     and its checkpoint passed every check (`_Commit`)."""
+    check_settings(cfg)
     out = Path(cfg.output_dir)
+    if rank_zero_only.rank == 0:
+        check_writable(out)
     resume = _resume_checkpoint(cfg, out)
     if resume is not None:
         rundir.check_resume(cfg, out)

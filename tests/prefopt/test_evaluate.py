@@ -70,3 +70,27 @@ def test_eval_cli_with_a_reward_model(tmp_path):
     missing = subprocess.run([str(BIN / "prefopt-eval"), str(tmp_path)], capture_output=True,
                              text=True, cwd=tmp_path, timeout=300)
     assert missing.returncode != 0 and "config.yaml" in missing.stderr
+
+
+@pytest.mark.parametrize("text", ["objective: [unclosed\n", "seed: 1\n",
+                                  "objective: {name: dpo, beta: abc}\n"])
+def test_eval_a_broken_config_is_one_line(tmp_path, text):
+    (tmp_path / "config.yaml").write_text(text)
+    result = subprocess.run([str(BIN / "prefopt-eval"), str(tmp_path)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"prefopt-eval: error: {tmp_path / 'config.yaml'}: not a ")
+    assert "restore it from the run, or train again" in line
+    assert (tmp_path / "config.yaml").read_text() == text
+
+
+def test_eval_a_file_as_run_dir_is_one_line(tmp_path):
+    given = tmp_path / "last.ckpt"
+    given.write_text("x")
+    result = subprocess.run([str(BIN / "prefopt-eval"), str(given)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"prefopt-eval: error: {given}: is a file, not a run directory; give the "
+                    "output_dir of a prefopt-train run (the folder that holds config.yaml)")

@@ -45,3 +45,35 @@ def test_attributes_need_a_steerlm_policy(tiny_model, tokenizer):
 def test_load_policy_names_a_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model directory"):
         load_policy(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-samples", "0"], "argument --num-samples: expected a whole number >= 1, got 0"),
+    (["--top-p", "2"], "argument --top-p: expected a number in (0, 1], got 2"),
+])
+def test_cli_bad_sampling_option_is_one_argparse_line(tmp_path, capsys, args, message):
+    from prefopt.generate import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--prompt", "sort 21", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"prefopt-generate: error: {message}"
+
+
+def test_cli_attributes_on_a_policy_that_is_not_steerlm(tiny_model, tokenizer, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    policy = tmp_path / "policy"
+    tiny_model.save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    result = subprocess.run([str(Path(sys.executable).parent / "prefopt-generate"),
+                             str(policy), "--prompt", "sort 21", "--attributes", "quality=4"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (f"prefopt-generate: error: --attributes: the policy {policy} has no "
+                    "attribute schema (it was not trained with objective=steerlm); leave "
+                    "--attributes out, or give a SteerLM policy")

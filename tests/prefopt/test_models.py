@@ -53,3 +53,22 @@ def test_load_from_local_directory(tiny_model, tokenizer, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, tiny_model(ids).logits)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), type(tiny_model))
+
+
+def test_a_source_that_is_no_model_is_refused_naming_it(tmp_path):
+    import pytest as _pytest
+
+    from prefopt.models import ModelConfig, ModelSourceError, build_policy, build_tokenizer
+
+    missing = str(tmp_path / "nope")
+    with _pytest.raises(ModelSourceError, match=r"model.name_or_path=.*nope: is neither a "
+                                                r"local folder \(no such path\) nor a hub id"):
+        build_tokenizer(ModelConfig(name_or_path=missing))
+    with _pytest.raises(ModelSourceError, match="is neither a local folder"):
+        build_policy(ModelConfig(name_or_path=missing), None)
+    (tmp_path / "file.bin").write_text("x")
+    with _pytest.raises(ModelSourceError, match=r"file.bin: is a file, not a model folder"):
+        build_policy(ModelConfig(name_or_path=str(tmp_path / "file.bin")), None)
+    with _pytest.raises(ModelSourceError, match=r"model.tokenizer=.*: the folder is not a "
+                                                r"saved tokenizer"):
+        build_tokenizer(ModelConfig(name_or_path=missing, tokenizer=str(tmp_path)))

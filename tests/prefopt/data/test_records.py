@@ -102,3 +102,16 @@ def test_unknown_file_type(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(RecordError, match="unknown file type"):
         read_pairwise(str(tmp_path / "x.csv"))
+
+
+@pytest.mark.parametrize("field", ["prompt", "rejected"])
+def test_a_message_role_outside_the_chat_roles_is_refused(tmp_path, field):
+    record = {"prompt": [{"role": "user", "content": "hi"}],
+              "chosen": [{"role": "assistant", "content": "a"}],
+              "rejected": [{"role": "assistant", "content": "b"}]}
+    record[field] = [{"role": "system", "content": "be brief"}, {"role": "human", "content": "x"}]
+    path = write_jsonl(tmp_path / "roles.jsonl", [GOOD, record])
+    with pytest.raises(RecordError, match=rf"^{path}:2: field '{field}': message 1 has role "
+                                          r"'human'; a role is one of system, user, "
+                                          r"assistant, tool$"):
+        read_pairwise(str(path))

@@ -95,3 +95,40 @@ def test_a_forced_unknown_objective_key_is_refused_in_one_line(tmp_path):
     assert last.startswith("prefopt-train: error: objective.bta: objective 'ipo' has no "
                            "setting 'bta'") and "Did you mean objective.beta?" in last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override,culprit", [
+    ("objective.beta=-1", "objective.beta must be > 0, got -1"),
+    ("data.batch_size=0", "data.batch_size=0: records per batch must be a whole number >= 1"),
+    ("trainer.max_steps=abc", "trainer.max_steps='abc': must be a whole number"),
+])
+def test_a_bad_setting_is_one_line_naming_it(tmp_path, override, culprit):
+    out = tmp_path / "out"
+    key = override.split("=")[0]
+    fast = [o for o in FAST if o.split("=")[0] != key]
+    result = run(*fast, override, f"output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefopt-train: error: ") and culprit in last
+    assert not (out / "config.yaml").exists()
+
+
+def test_a_model_path_that_is_no_model_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "no" / "such" / "model"
+    result = run("model=hf", f"model.name_or_path={missing}", *FAST,
+                 f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"prefopt-train: error: model.name_or_path={missing}: is neither a local "
+                    "folder (no such path) nor a hub id (owner/name) that can be reached; "
+                    "give an existing model folder or a hub id")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    result = run("model=hf", f"model.name_or_path={folder}", *FAST,
+                 f"output_dir={tmp_path / 'out2'}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"prefopt-train: error: model.name_or_path={folder}: the folder "
+                           "is not a saved model (it holds none of config.json)")

@@ -114,3 +114,40 @@ def test_a_cache_of_sums_cannot_serve_per_token_reference_log_probs():
     with pytest.raises(ConfigError, match=r"reference=cached cannot serve objective "
                                           r"'per_token': it reads per-token reference"):
         train._check_cacheable(objective, objective.needs())
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_config_error(compose, fast_overrides,
+                                                                  tmp_path, monkeypatch):
+    import pathlib
+
+    locked = tmp_path / "readonly"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # a read-only folder, whoever runs the test (root too)
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    out = locked / "run"
+    with pytest.raises(ConfigError, match=rf"^output_dir={out}: the run cannot write there "
+                                          r"\(Permission denied\); choose a folder"):
+        train.train(compose(*fast_overrides, f"output_dir={out}"))
+
+
+def test_an_output_dir_under_a_file_is_one_config_error(compose, fast_overrides, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "run"
+    with pytest.raises(ConfigError, match=rf"^output_dir={out}: the run cannot write there"):
+        train.train(compose(*fast_overrides, f"output_dir={out}"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused(compose, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="prefopt"):
+        train.check_settings(compose("optimizer.lr=0"))
+    assert "optimizer.lr=0: the policy's weights will not change during this run" in caplog.text
+    with pytest.raises(ConfigError, match=r"^optimizer.lr=-0.1: a learning rate must be >= 0"):
+        train.check_settings(compose("optimizer.lr=-0.1"))
