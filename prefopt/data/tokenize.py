@@ -100,10 +100,16 @@ class DataReport:
     # they train the loss (ties) but have no `rewards/accuracies`. None where records carry
     # no ranks (unpaired, attributed, prompts); always 0 for pairs.
     no_ordered_pair: int | None = None
+    # Tokens the tokenizer could only map to its unknown token, and (fast tokenizers) the
+    # characters they cover: text the model cannot see (e.g. a character-level vocabulary
+    # without "é"). Byte-level tokenizers have no unknown token and count none.
+    unknown_tokens: int = 0
+    unknown_characters: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         report = {"records": self.records, "kept": self.kept, "skipped": dict(self.skipped),
-                  "truncated": dict(self.truncated)}
+                  "truncated": dict(self.truncated), "unknown_tokens": self.unknown_tokens,
+                  "unknown_characters": dict(self.unknown_characters.most_common(20))}
         if self.no_ordered_pair is not None:
             report["no_ordered_pair"] = self.no_ordered_pair
         return report
@@ -112,6 +118,10 @@ class DataReport:
         parts = [f"{self.kept}/{self.records} records kept"]
         parts += [f"skipped {n} ({why})" for why, n in sorted(self.skipped.items())]
         parts += [f"truncated {n} ({what})" for what, n in sorted(self.truncated.items())]
+        if self.unknown_tokens:
+            shown = "".join(c for c, _ in self.unknown_characters.most_common(10))
+            parts.append(f"{self.unknown_tokens} unknown tokens"
+                         + (f" (characters {shown!r})" if shown else ""))
         if self.no_ordered_pair:
             parts.append(f"{self.no_ordered_pair} kept with no ordered pair (all ranks equal: "
                          "left out of rewards/accuracies)")
@@ -268,9 +278,9 @@ class Encoder:
         # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
         # Chat templates write their own BOS; plain-text prompts get the tokenizer's.
         prompts = self._batch_ids([t[0] for t in texts],
-                                  [not self._uses_template(r) for r in admitted])
+                                  [not self._uses_template(r) for r in admitted], report)
         flat = [c for t in texts for c in t[1]]
-        flat_ids = iter(self._batch_ids(flat, [False] * len(flat)))
+        flat_ids = iter(self._batch_ids(flat, [False] * len(flat), report))
         completions = [[next(flat_ids) for _ in t[1]] for t in texts]
         groups = [self._fit(*row, report) for row in zip(admitted, prompts, completions)]
         if admitted and admitted[0].kind == "attributed":
@@ -304,13 +314,26 @@ class Encoder:
         limit = self.cfg.max_prompt_length
         return [self._cut_prompt(p, limit) if limit and len(p) > limit else p for p in ids]
 
-    def _batch_ids(self, texts: list[str], specials: list[bool]) -> list[list[int]]:
-        """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS)."""
+    def _batch_ids(self, texts: list[str], specials: list[bool],
+                   report: DataReport | None = None) -> list[list[int]]:
+        """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS).
+        With `report`, unknown tokens (and the characters they cover) are counted there."""
+        unk = self.tokenizer.unk_token_id if report is not None else None
+        offsets = unk is not None and self.tokenizer.is_fast
         out: list[list[int]] = [[] for _ in texts]
         for flag in (False, True):
             index = [i for i, special in enumerate(specials) if special == flag]
             if index:
-                batch = self.tokenizer([texts[i] for i in index], add_special_tokens=flag)
-                for i, ids in zip(index, batch["input_ids"]):
+                batch = self.tokenizer([texts[i] for i in index], add_special_tokens=flag,
+                                       return_offsets_mapping=offsets)
+                for k, (i, ids) in enumerate(zip(index, batch["input_ids"])):
                     out[i] = ids
+                    if unk is None or unk not in ids:
+                        continue
+                    spans = batch["offset_mapping"][k] if offsets else [None] * len(ids)
+                    for token, span in zip(ids, spans):
+                        if token == unk:
+                            report.unknown_tokens += 1
+                            if span is not None:
+                                report.unknown_characters.update(texts[i][span[0]:span[1]])
         return out

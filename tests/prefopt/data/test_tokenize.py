@@ -139,3 +139,16 @@ def test_report_counts_rankings_without_an_ordered_pair(tokenizer):
     assert "2 kept with no ordered pair" in report.summary()
     # Pairs are always ordered; unpaired records carry no ranks, so no count at all.
     assert encode(tokenizer, rec())[1].as_dict()["no_ordered_pair"] == 0
+
+
+def test_report_counts_characters_the_tokenizer_cannot_see(tokenizer):
+    """The tiny vocabulary is printable ASCII: "é" and "ü" become its unknown token. By hand:
+    the prompt holds é twice, the chosen completion ü once, the rejected one nothing."""
+    (pair,), report = encode(tokenizer, rec(prompt="trié é", chosen="ü1", rejected="12"))
+    assert report.unknown_tokens == 3
+    assert report.as_dict()["unknown_tokens"] == 3
+    assert report.as_dict()["unknown_characters"] == {"é": 2, "ü": 1}
+    assert "3 unknown tokens (characters 'éü')" in report.summary()
+    assert pair.chosen.count(tokenizer.unk_token_id) == 1  # the record is still kept
+    clean = encode(tokenizer, rec())[1].as_dict()
+    assert clean["unknown_tokens"] == 0 and clean["unknown_characters"] == {}
