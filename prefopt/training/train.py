@@ -411,9 +411,13 @@ def _checkpoint_step(cfg: DictConfig, path: Path, module) -> int:
         step, state = checkpoint["global_step"], checkpoint["state_dict"]
     except Exception as exc:  # truncated, not a checkpoint, ...: any reason to refuse it
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # The newest other checkpoint of the run, if there is one, is the one to offer.
+        others = sorted((p for p in path.parent.glob("*.ckpt") if p != path),
+                        key=lambda p: p.stat().st_mtime)
+        offer = f"ckpt_path={others[-1]}" if others else \
+            f"ckpt_path={path.parent / 'best-step<N>.ckpt'}"
         raise ConfigError(f"{where}: {path} is not a readable checkpoint ({reason}); resume "
-                          "from another checkpoint of the run, e.g. "
-                          f"ckpt_path={path.parent / 'best-step<N>.ckpt'}") from None
+                          f"from another checkpoint of the run: {offer}") from None
     own = module.state_dict()
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     shapes = [(k, tuple(state[k].shape), tuple(own[k].shape))

@@ -89,6 +89,13 @@ def test_a_checkpoint_is_checked_before_the_run_is_touched(compose, tmp_path):
     with pytest.raises(ConfigError, match=rf"ckpt_path=last: {path} is not a readable "
                                           r"checkpoint \(.*\); resume from another"):
         train._checkpoint_step(cfg, path, module)
+    # The newest other checkpoint of the run is named as the one to resume from.
+    older = tmp_path / "best-step2.ckpt"
+    older.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=rf"resume from another checkpoint of the run: "
+                                          rf"ckpt_path={older}$"):
+        train._checkpoint_step(cfg, path, module)
+    older.unlink()
 
     wider, _, _ = train.build(compose("model.tiny.hidden_size=32",
                                       "model.tiny.intermediate_size=64"))
