@@ -162,23 +162,33 @@ def _probe_mixed_mm(device, dtype) -> str:
     a = torch.ones(16, 16, dtype=dtype, device=device)
     # 1 + 2^-12 and 33 + 2^-12 are fp32 values that neither half dtype holds.
     c = torch.full((16, 16), 1 + 2.0**-12, dtype=torch.float32, device=device)
-    path = HALF_PRODUCT
-    try:
-        torch.mm(a, a, out_dtype=torch.float32, out=c)
-        if bool((c == 16).all()):
-            path = MIXED_MM
-    except (RuntimeError, TypeError, NotImplementedError):
-        pass
-    try:
-        c.fill_(1 + 2.0**-12)
+
+    def addmm_into_fp32() -> bool:
         torch.addmm(c, a, a, out_dtype=torch.float32, beta=1.0, alpha=2.0, out=c)
-        ok = bool((c == 33 + 2.0**-12).all())
+        accumulated = bool((c == 33 + 2.0**-12).all())
         torch.addmm(c, a, a, out_dtype=torch.float32, beta=0.0, alpha=0.5, out=c)
-        if ok and bool((c == 8).all()):
-            path = MIXED_ADDMM
+        return accumulated and bool((c == 8).all())
+
+    def mm_into_fp32() -> bool:
+        torch.mm(a, a, out_dtype=torch.float32, out=c)
+        return bool((c == 16).all())
+
+    if _gives_exact_fp32(addmm_into_fp32):
+        return MIXED_ADDMM
+    if _gives_exact_fp32(mm_into_fp32):
+        return MIXED_MM
+    return HALF_PRODUCT
+
+
+def _gives_exact_fp32(call) -> bool:
+    """Whether this torch build runs `call` and gets the exact fp32 answer it checks. A
+    build that lacks the call is a plain no, not an error: without `out_dtype` at all
+    (torch < 2.8) it is a TypeError, with a C dtype it refuses a RuntimeError or
+    NotImplementedError, and the caller then settles for the next path."""
+    try:
+        return call()
     except (RuntimeError, TypeError, NotImplementedError):
-        pass
-    return path
+        return False
 
 
 def _mm_into(out, a, b, accumulate: bool, *, alpha: float = 1.0, path: str | None = None,
