@@ -34,6 +34,7 @@ import torch
 import transformers
 
 from prefopt.data.collate import ROW_KEYS, collate_groups
+from prefopt.data.output import write_atomically
 from prefopt.data.tokenize import EncodedGroup
 from prefopt.logprobs import completion_logps
 from prefopt.models import ModelConfig, uses_lora
@@ -122,16 +123,8 @@ def save(path: Path, values: list[list[float]]) -> None:
     """Write `values` and their checksum to `path` atomically: a killed run never leaves a
     half-written cache in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as f:
-            torch.save({"values": values, "sha256": checksum(values)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: torch.save({"values": values, "sha256": checksum(values)},
+                                                f))
 
 
 def load(path: Path, groups: list[EncodedGroup]) -> tuple[list[list[float]] | None, str]:

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
-from prefopt.training.rundir import write_atomically
+from prefopt.data.output import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,26 +9,25 @@ whole or not at all, its earlier version kept aside.
 - `resume_config(composed, overrides)`: what `prefopt-train output_dir=<run>
   ckpt_path=last [overrides]` runs: the run's own config.yaml, the command line's
   overrides on top; `check_resume(cfg, out)` refuses any change but those in `RESUMABLE`.
-- `write_atomically`, `write_keeping`, `set_aside`: files replaced through a temporary
-  file in the same folder (fsync, rename); a changed file's earlier version is kept as
+- `write_keeping`, `set_aside`: files replaced through a temporary file in the same
+  folder (`prefopt.data.output.write_atomically`); a changed file's earlier version is kept as
   `<name>.before-resume[-N]<suffix>`, never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from prefopt.data.output import write_atomically
 from prefopt.training.config import ConfigError
 
 # What makes a directory a run: a second run without ckpt_path is refused there.
@@ -191,37 +190,6 @@ def _short(value) -> str:
 
 
 # -- files replaced whole, earlier versions kept -----------------------------------------
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems cannot sync a directory
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """`write(file)` into a temporary file beside `path`, synced, then renamed onto
-    `path`: readers see the old file or the new one, whole. On any failure the temporary
-    file is removed and `path` is as it was."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
 
 def _aside(path: Path, label: str) -> Path:
     number, aside = 1, path.with_name(f"{path.stem}.{label}{path.suffix}")

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from prefopt import reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
+from prefopt.data.output import write_atomically
 from prefopt.data.prompts import PromptDataModule
 from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
 from prefopt.objective import FORMATS, Needs, Objective, OnlineObjective, unfeedable
@@ -56,7 +57,7 @@ def _json(payload) -> str:
 
 
 def _write_json(path: Path, payload) -> None:
-    rundir.write_atomically(path, lambda f: f.write(_json(payload).encode()))
+    write_atomically(path, lambda f: f.write(_json(payload).encode()))
 
 
 def build(cfg: DictConfig):

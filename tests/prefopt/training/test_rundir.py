@@ -1,7 +1,6 @@
 """The run directory's rules: one process at a time, one run per directory, a resume keeps
 its run's settings, files replaced whole with their earlier versions kept."""
 
-import errno
 import os
 import subprocess
 import sys
@@ -129,21 +128,6 @@ def test_what_a_resume_may_change():
     assert rundir.resumable("ckpt_path") and rundir.resumable("output_dir")
     assert not rundir.resumable("trainer.precision") and not rundir.resumable("optimizer.lr")
     assert not rundir.resumable("trainer.max_steps_extra")  # a prefix, not a key
-
-
-def test_a_failed_write_leaves_the_old_file_whole(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text("old\n")
-
-    def dies_midway(f):
-        f.write(b"ne")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    with pytest.raises(OSError, match="No space left"):
-        rundir.write_atomically(path, dies_midway)
-    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
-    rundir.write_atomically(path, lambda f: f.write(b"new\n"))
-    assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
 def test_earlier_versions_are_kept_never_overwritten(tmp_path):
