@@ -316,17 +316,19 @@ def build(config: ObjectiveConfig) -> Objective:
 
 # -- Hydra ------------------------------------------------------------------------------
 
-class ObjectiveSource(ConfigSource):
-    """Group `objective` for Hydra: lists names from metadata, imports on load only."""
+class _EntryPointSource(ConfigSource):
+    """A Hydra config group served from entry-point metadata: `<GROUP>/<name>` for each
+    declared name, listed without importing anything; subclasses load one config."""
 
-    @staticmethod
-    def scheme() -> str:
-        return SOURCE_SCHEME
+    GROUP: str
 
-    @staticmethod
-    def _name(config_path: str) -> str | None:
+    def _declared(self) -> dict[str, PluginInfo]:
+        raise NotImplementedError
+
+    @classmethod
+    def _name(cls, config_path: str) -> str | None:
         group, _, name = config_path.strip("/").partition("/")
-        if group != CONFIG_GROUP or not name or "/" in name:
+        if group != cls.GROUP or not name or "/" in name:
             return None
         return name.removesuffix(".yaml")
 
@@ -334,18 +336,31 @@ class ObjectiveSource(ConfigSource):
         return True
 
     def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in ("", CONFIG_GROUP)
-
-    def is_config(self, config_path: str) -> bool:
-        return self._name(config_path) in discover()
+        return config_path.strip("/") in ("", self.GROUP)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         path = config_path.strip("/")
         if path == "" and results_filter in (None, ObjectType.GROUP):
-            return [CONFIG_GROUP]
-        if path == CONFIG_GROUP and results_filter in (None, ObjectType.CONFIG):
-            return sorted(discover())
+            return [self.GROUP]
+        if path == self.GROUP and results_filter in (None, ObjectType.CONFIG):
+            return sorted(self._declared())
         return []
+
+
+class ObjectiveSource(_EntryPointSource):
+    """Group `objective` for Hydra: lists names from metadata, imports on load only."""
+
+    GROUP = CONFIG_GROUP
+
+    def _declared(self) -> dict[str, PluginInfo]:
+        return discover()
+
+    @staticmethod
+    def scheme() -> str:
+        return SOURCE_SCHEME
+
+    def is_config(self, config_path: str) -> bool:
+        return self._name(config_path) in discover()
 
     def load_config(self, config_path: str) -> ConfigResult:
         name = self._name(config_path)
@@ -357,39 +372,23 @@ class ObjectiveSource(ConfigSource):
                             config=node, header={"package": None})
 
 
-class RewardSource(ConfigSource):
+class RewardSource(_EntryPointSource):
     """Group `reward` for Hydra: `reward=<name>` of an installed reward function is
     `reward.function=<name>`. prefopt's own configs (synthetic, model) come first in the
     search path; any other name reaches this source, which refuses one that is not
     installed with a message pointing at `reward.function=`."""
 
+    GROUP = REWARD_CONFIG_GROUP
+
+    def _declared(self) -> dict[str, PluginInfo]:
+        return discover_rewards()
+
     @staticmethod
     def scheme() -> str:
         return REWARD_SOURCE_SCHEME
 
-    @staticmethod
-    def _name(config_path: str) -> str | None:
-        group, _, name = config_path.strip("/").partition("/")
-        if group != REWARD_CONFIG_GROUP or not name or "/" in name:
-            return None
-        return name.removesuffix(".yaml")
-
-    def available(self) -> bool:
-        return True
-
-    def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in ("", REWARD_CONFIG_GROUP)
-
     def is_config(self, config_path: str) -> bool:
         return self._name(config_path) is not None
-
-    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
-        path = config_path.strip("/")
-        if path == "" and results_filter in (None, ObjectType.GROUP):
-            return [REWARD_CONFIG_GROUP]
-        if path == REWARD_CONFIG_GROUP and results_filter in (None, ObjectType.CONFIG):
-            return sorted(discover_rewards())
-        return []
 
     def load_config(self, config_path: str) -> ConfigResult:
         name = self._name(config_path)
