@@ -67,10 +67,19 @@ def test_every_builtin_is_checked():
     # dpo: in every mode, above. The kit checks objectives on recorded data; online ones
     # (prompts in, samples scored at every step) have their own tests
     # (tests/plugins/test_reinforce.py, test_ppo.py, tests/integration/test_online.py).
-    assert builtins == {"dpo", *BUILTIN_CHECKS, *ONLINE}
+    assert builtins == {"dpo", *BUILTIN_CHECKS, *ONLINE, *CHECKED_IN_THEIR_OWN_TESTS}
 
 
 ONLINE = {"reinforce", "ppo"}
+# Objectives whose own test file, tests/plugins/test_<name>.py, runs the kit on them.
+CHECKED_IN_THEIR_OWN_TESTS = {"orpo", "cpo", "slic", "robust_dpo", "bco", "nca", "apo", "sppo",
+                              "exo", "discopop", "aot"}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_IN_THEIR_OWN_TESTS))
+def test_objectives_checked_in_their_own_tests_are(name):
+    source = (Path(__file__).parents[2] / "plugins" / f"test_{name}.py").read_text()
+    assert re.search(rf'check_objective\(\w+, "{name}"', source)
 
 
 @pytest.mark.parametrize("name", sorted(ONLINE))
