@@ -11,9 +11,9 @@ policy near the preferred data with a negative log-likelihood term instead:
 
 Log-probabilities in L_prefer are summed over the completion's tokens. L_NLL is averaged
 over the preferred completions' tokens (every token of the batch weighing the same): the
-paper writes the sequence log-likelihood, the authors' released trainer averages the
-token cross-entropy, and a summed NLL would scale with completion length against a
-length-free preference term; α = 1 as in the paper. The `rewards/*` metrics are
+paper writes the sequence log-likelihood, TRL's CPOTrainer averages the token
+cross-entropy, and a summed NLL would scale with completion length against a length-free
+preference term; α = 1 as in the paper. The `rewards/*` metrics are
 β log π(y); `cpo/nll` is L_NLL.
 """
 
