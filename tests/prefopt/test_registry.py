@@ -205,7 +205,8 @@ def test_broken_plugin_selected_on_the_command_line(fake_dists, tmp_path):
 def test_unknown_name_lists_and_suggests():
     with pytest.raises(registry.PluginError) as err:
         registry.load("dpoo")
-    assert "Available objectives: attribute_model, dpo, ipo, kto" in str(err.value)
+    assert "Available objectives: aot, apo, attribute_model, bco, cpo, discopop, dpo" \
+        in str(err.value)
     assert "Did you mean 'dpo'?" in str(err.value)
 
 
@@ -221,8 +222,8 @@ def test_unknown_name_on_the_command_line(tmp_path):
     result = run_cli("objective=dpoo", tmp_path=tmp_path)
     assert result.returncode == 1
     assert "Available options in 'objective'" in result.stderr  # Hydra's list
-    assert "prefopt-train: unknown objective 'dpoo'. Available objectives: attribute_model, " \
-        "dpo, ipo" in result.stderr
+    assert "prefopt-train: unknown objective 'dpoo'. Available objectives: aot, apo, " \
+        "attribute_model, bco" in result.stderr
     assert "Did you mean 'dpo'?" in result.stderr
 
 
