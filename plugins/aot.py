@@ -13,7 +13,7 @@ each matched difference (ρ = log π(y|x) - log π_ref(y|x), sort ascending, B p
     unpaired: L = (1/B) Σ_k ℓ_ε(β (sort(ρ_w)_k - sort(ρ_l)_k))
     ℓ_ε(z) = -(1 - ε) log σ(z) - ε log σ(-z)
 
-`paired` asks that the policy's chosen-over-rejected log-odds dominate the reference's;
+`paired` asks that the policy's margins log π(y_w) - log π(y_l) dominate the reference's;
 `unpaired` that the chosen log-ratios dominate the rejected ones as two distributions, so
 it never uses which y_l came with which y_w. Both sort within the batch: the loss depends
 on the whole batch (on each device's own batch under data parallelism), not a sum of
