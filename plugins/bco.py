@@ -1,7 +1,7 @@
 """BCO: Binary Classifier Optimization, on unpaired desirable / undesirable completions.
 
-Jung, Park, Yang, Kim and Kim, "Binary Classifier Optimization for Large Language Model
-Alignment", arXiv:2404.04656, the BCO loss with its reward shift. The implicit reward
+Jung et al., "Binary Classifier Optimization for Large Language Model Alignment",
+arXiv:2404.04656, the BCO loss with its reward shift. The implicit reward
 r(x, y) = β log π(y|x) / π_ref(y|x) is the logit of a binary classifier that tells
 desirable completions (thumbs up) from undesirable ones (thumbs down), shifted by δ:
 

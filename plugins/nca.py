@@ -1,8 +1,8 @@
 """NCA: Noise Contrastive Alignment, pairwise form.
 
-Chen, Zhang, Wang, Lu and Zhu, "Noise Contrastive Alignment of Language Models with
-Explicit Rewards", NeurIPS 2024, arXiv:2402.05369, the NCA loss for K = 2 responses with
-a hard preference. With r(x, y) = β log π(y|x) / π_ref(y|x):
+Chen et al., "Noise Contrastive Alignment of Language Models with Explicit Rewards",
+NeurIPS 2024, arXiv:2402.05369, the NCA loss for K = 2 responses with a hard preference.
+With r(x, y) = β log π(y|x) / π_ref(y|x):
 
     L = -log σ(r(x, y_w)) - ½ log σ(-r(x, y_w)) - ½ log σ(-r(x, y_l))
 
