@@ -116,8 +116,8 @@ class EncodedGroup:
 
 
 def length_stats(lengths: list[int]) -> dict | None:
-    """mean, p50, p95 and max of token counts; percentiles by nearest rank (the value at
-    sorted position ceil(p/100 · n), counted from 1). None for no values."""
+    """mean (to 2 decimals), p50, p95 and max of token counts; percentiles by nearest rank
+    (the value at sorted position ceil(p/100 · n), counted from 1). None for no values."""
     if not lengths:
         return None
     ordered = sorted(lengths)
@@ -125,7 +125,7 @@ def length_stats(lengths: list[int]) -> dict | None:
     def rank(p: int) -> int:
         return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
-    return {"mean": sum(ordered) / len(ordered), "p50": rank(50), "p95": rank(95),
+    return {"mean": round(sum(ordered) / len(ordered), 2), "p50": rank(50), "p95": rank(95),
             "max": ordered[-1]}
 
 

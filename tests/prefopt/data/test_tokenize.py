@@ -236,6 +236,7 @@ def test_length_stats_nearest_rank():
     values = list(range(1, 21))  # 1..20: p50 is the 10th value, p95 the 19th
     assert length_stats(values) == {"mean": 10.5, "p50": 10, "p95": 19, "max": 20}
     assert length_stats([7]) == {"mean": 7.0, "p50": 7, "p95": 7, "max": 7}
+    assert length_stats([1, 1, 2]) == {"mean": 1.33, "p50": 1, "p95": 2, "max": 2}  # 4/3
     assert length_stats([]) is None
 
 
