@@ -50,7 +50,7 @@ class PromptDataModule(pl.LightningDataModule):
         encoder = Encoder(self.tokenizer, self.cfg)
         for name, records in load_splits(self.cfg, "prompts", self.seed).items():
             ids = encoder.prompt_ids([r.prompt for r in records])
-            report = DataReport(records=len(records))
+            report = DataReport(records=len(records), prompt_lengths=[len(p) for p in ids])
             kept = []
             for record, prompt in zip(records, ids):
                 if len(prompt) + self.max_new_tokens > self.cfg.max_length:

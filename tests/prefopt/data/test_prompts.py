@@ -37,6 +37,9 @@ def test_a_prompt_that_leaves_no_room_follows_the_declared_rule(compose, tmp_pat
     datamodule.setup("fit")  # skip (the default): counted in the report
     assert [p.text for p in datamodule.groups["train"]] == ["sort 12"]
     assert datamodule.reports["train"].skipped == {"prompt leaves no room for the completion": 1}
+    # "<s><|user|>" + text + "<|end|><|assistant|>": 4 + 45 and 4 + 7 tokens, before the rule.
+    assert datamodule.reports["train"].as_dict()["lengths"] == {
+        "prompt": {"mean": 30.0, "p50": 11, "p95": 49, "max": 49}, "completion": None}
     _, datamodule, _ = build(compose(*overrides, "data.on_overlong_prompt=error"))
     with pytest.raises(ValueError, match=r"prompts.jsonl:1: field 'prompt': \d+ tokens leave "
                                          r"no room for rollout.max_new_tokens=6"):

@@ -42,6 +42,12 @@ def test_plain_text_without_template(tokenizer):
     assert tokenizer.decode(pair.chosen) == "123<|end|>"  # EOS ends every completion
 
 
+def test_plain_text_completion_ending_in_eos_gets_no_second_one(tokenizer):
+    (pair,), _ = encode(tokenizer, rec(chosen="123<|end|>"), chat_template=False)
+    assert tokenizer.decode(pair.chosen) == "123<|end|>"
+    assert tokenizer.decode(pair.rejected) == "132<|end|>"
+
+
 def test_collate_masks_only_completion_tokens(tokenizer):
     (pair,), _ = encode(tokenizer, rec(rejected="1"))
     batch = collate_groups([pair], pad_id=tokenizer.pad_token_id)
@@ -69,7 +75,7 @@ def test_completion_truncated_to_max_length_and_counted(tokenizer):
                              max_length=18)
     assert tokenizer.decode(pair.chosen) == "123456"
     assert len(pair.prompt) + len(pair.rejected) == 18
-    assert report.truncated["completion"] == 1
+    assert report.truncated == {"chosen": 1, "rejected": 1}  # by field: both were cut
 
 
 @pytest.mark.parametrize("rule", ["skip", "error", "truncate"])
@@ -120,8 +126,10 @@ def test_identical_after_truncation_is_caught(tokenizer):
 def test_rule_that_does_not_apply_is_refused(tokenizer):
     with pytest.raises(ValueError, match="data.on_empty_completion must be one of"):
         Encoder(tokenizer, TokenizeConfig(on_empty_completion=Rule.truncate))
-    with pytest.raises(ValueError, match="max_prompt_length"):
-        Encoder(tokenizer, TokenizeConfig(max_length=10, max_prompt_length=10))
+    with pytest.raises(ValueError, match="data.completion_tokens must be one of"):
+        Encoder(tokenizer, TokenizeConfig(completion_tokens="jointly"))
+    with pytest.raises(ValueError, match="data.max_length must be at least 2 tokens"):
+        Encoder(tokenizer, TokenizeConfig(max_length=1))
 
 
 def test_report_counts_rankings_without_an_ordered_pair(tokenizer):
@@ -152,3 +160,162 @@ def test_report_counts_characters_the_tokenizer_cannot_see(tokenizer):
     assert pair.chosen.count(tokenizer.unk_token_id) == 1  # the record is still kept
     clean = encode(tokenizer, rec())[1].as_dict()
     assert clean["unknown_tokens"] == 0 and clean["unknown_characters"] == {}
+
+
+def test_a_prompt_limit_not_below_max_length_is_clamped_with_a_warning(tokenizer, caplog):
+    """data=files keeps max_prompt_length=512; data.max_length=128 on the command line then
+    limits prompts to 128 // 2 = 64 tokens instead of refusing the run."""
+    encoder = Encoder(tokenizer, TokenizeConfig(max_length=128, max_prompt_length=512))
+    assert encoder.cfg.max_prompt_length == 64
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "data.max_prompt_length (512)" in warning and "data.max_length (128)" in warning
+    assert "set data.max_prompt_length=<n> below data.max_length" in warning
+    # The prompt "<s><|user|>" + 80 characters + "<|end|><|assistant|>" is 84 tokens: cut to 64.
+    (pair,), report = encoder.encode_all([rec(prompt="9" * 80)])
+    assert len(pair.prompt) == 64 and report.truncated["prompt"] == 1
+    caplog.clear()
+    Encoder(tokenizer, TokenizeConfig(max_length=128, max_prompt_length=100))
+    assert not caplog.records  # a limit below max_length is kept as it is
+
+
+def test_files_preset_runs_with_a_smaller_max_length(compose, tmp_path):
+    import json
+
+    from prefopt.training.train import build
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"sort {n}", "chosen": "1", "rejected": "2"})
+                            + "\n" for n in range(4)))
+    cfg = compose("data=files", f"data.path={path}", f"data.val_path={path}",
+                  "data.max_length=128")
+    assert cfg.data.max_prompt_length == 512  # the preset's
+    _, datamodule, _ = build(cfg)
+    datamodule.setup("fit")
+    assert datamodule.reports["train"].kept == 4
+
+
+def test_truncation_is_counted_by_record_field(tokenizer):
+    from prefopt.data.records import parse_ranked, parse_unpaired
+
+    # 12 prompt tokens ("<s><|user|>sort 321<|end|><|assistant|>"), max_length 15: room 3.
+    ranked = parse_ranked("r.jsonl:1", {"prompt": "sort 321", "completions":
+                                        ["1234", "12", "4321"], "ranks": [1, 2, 3]})
+    _, report = encode(tokenizer, ranked, max_length=15)  # "1234<|end|>", "4321<|end|>" cut
+    assert report.truncated == {"completions": 2}
+    unpaired = parse_unpaired("u.jsonl:1", {"prompt": "sort 321", "completion": "1234",
+                                            "label": True})
+    assert encode(tokenizer, unpaired, max_length=15)[1].truncated == {"completion": 1}
+    # A prompt cut to 5 tokens and a chosen completion cut to fit 8: room 3.
+    _, report = encode(tokenizer, rec(chosen="1234", rejected="1"), max_length=8,
+                       max_prompt_length=5)
+    assert report.truncated == {"prompt": 1, "chosen": 1}
+    assert "truncated chosen 1 prompt 1" in report.summary()
+
+
+def test_length_statistics_before_truncation(tokenizer):
+    # Prompts "<s><|user|>sort 1...1<|end|><|assistant|>": 9 + n tokens; completions
+    # "1"*n + <|end|>: n + 1. n = 1..4 gives prompts 10..13, completions 2..5 (twice each).
+    records = [rec(prompt="sort " + "1" * n, chosen="1" * n, rejected="2" * n, where=f"r{n}")
+               for n in range(1, 5)]
+    groups, report = Encoder(tokenizer, TokenizeConfig(max_length=15)).encode_all(records)
+    assert [len(g.prompt) for g in groups] == [10, 11, 12, 13]
+    lengths = report.as_dict()["lengths"]
+    # Nearest rank: p50 of 4 values is the 2nd, p95 the 4th; of 8 values the 4th and 8th.
+    assert lengths["prompt"] == {"mean": 11.5, "p50": 11, "p95": 13, "max": 13}
+    assert lengths["completion"] == {"mean": 3.5, "p50": 3, "p95": 5, "max": 5}
+    # n = 3 (12 + 4 > 15) and n = 4 (13 + 5 > 15) are cut: lengths are counted before.
+    assert report.truncated == {"chosen": 2, "rejected": 2}
+    summary = report.summary()
+    assert "prompt tokens mean 11.5 p50 11 p95 13 max 13" in summary
+    assert "completion tokens mean 3.5 p50 3 p95 5 max 5" in summary
+
+
+def test_length_stats_nearest_rank():
+    from prefopt.data.tokenize import length_stats
+
+    values = list(range(1, 21))  # 1..20: p50 is the 10th value, p95 the 19th
+    assert length_stats(values) == {"mean": 10.5, "p50": 10, "p95": 19, "max": 20}
+    assert length_stats([7]) == {"mean": 7.0, "p50": 7, "p95": 7, "max": 7}
+    assert length_stats([1, 1, 2]) == {"mean": 1.33, "p50": 1, "p95": 2, "max": 2}  # 4/3
+    assert length_stats([]) is None
+
+
+def test_report_dict_shape_and_sources(tokenizer):
+    _, report = encode(tokenizer, rec())
+    as_dict = report.as_dict()
+    assert "sources" not in as_dict  # left to the loader of a mixture
+    assert as_dict["prompt_boundary_merges"] == 0
+    assert set(as_dict["lengths"]) == {"prompt", "completion"}
+    report.sources = [{"path": "a.jsonl", "records": 1}]
+    assert report.as_dict()["sources"] == [{"path": "a.jsonl", "records": 1}]
+
+
+def test_prompt_merging_into_the_completion_is_counted_and_warned(chatml_tokenizer, caplog):
+    """Byte-level BPE joins a space to the word after it: the prompt "the sky is " alone
+    ends in the token "Ġ", but "the sky is blue." tokenises "...Ġis Ġblue .". The prompt is
+    the common prefix (without "Ġ") and the completion starts " blue"."""
+    record = rec(prompt="the sky is ", chosen="blue.", rejected="the sea.")
+    encoder = Encoder(chatml_tokenizer, TokenizeConfig(chat_template=False))
+    (pair,), report = encoder.encode_all([record])
+    assert chatml_tokenizer.decode(pair.prompt) == "the sky is"
+    assert chatml_tokenizer.decode(pair.chosen) == " blue.<|im_end|>"
+    assert chatml_tokenizer.decode(pair.rejected) == " the sea.<|im_end|>"
+    assert report.prompt_boundary_merges == 1 and report.as_dict()["prompt_boundary_merges"] == 1
+    assert "1 prompts merge into the completion" in report.summary()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("1 of 1 records: the prompt's tokens alone are not a prefix")
+    assert "t.jsonl:1: ' '" in warning
+    encoder.encode_all([record])
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1  # once
+    # Separate tokenisation keeps the prompt whole: "Ġ" then "blue" tokenised alone.
+    (pair,), report = Encoder(chatml_tokenizer, TokenizeConfig(
+        chat_template=False, completion_tokens="separate")).encode_all([record])
+    assert chatml_tokenizer.decode(pair.prompt) == "the sky is "
+    assert report.prompt_boundary_merges == 0
+
+
+@pytest.mark.parametrize("family", ["chatml", "inst"])
+def test_generation_prompts_equal_the_joint_prompts(family, request):
+    tokenizer = request.getfixturevalue(f"{family}_tokenizer")
+    question = [{"role": "user", "content": "Why is the sky blue?"}]
+    records = [rec(prompt=question, chosen=[{"role": "assistant", "content": "Thank you."}],
+                   rejected=[{"role": "assistant", "content": "No."}]),
+               rec(prompt="Sort the numbers 3 2 1.", chosen="1 2 3.", rejected="3 2 1.")]
+    encoder = Encoder(tokenizer, TokenizeConfig(max_length=128))
+    groups, report = encoder.encode_all(records)
+    assert report.prompt_boundary_merges == 0
+    assert encoder.prompt_ids([r.prompt for r in records]) == [g.prompt for g in groups]
+
+
+def test_every_record_kind_splits_the_whole_conversation(inst_tokenizer):
+    """Joint tokenisation for unpaired, ranked and attributed records: prompt + each
+    completion are the tokens of the whole rendered conversation, so after [/INST] a
+    completion starts `Thank`, not `▁Thank` (what the completion alone would give)."""
+    from prefopt.data.attributes import AttributeSchema, AttributeSpec
+    from prefopt.data.records import parse_attributed, parse_ranked, parse_unpaired
+
+    def whole(text):  # the Mistral template's rendering, tokenised in one piece
+        return inst_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    question = "Why is the sky blue?"
+    head = f"<s>[INST] {question} [/INST]"
+    cfg = TokenizeConfig(max_length=128)
+    schema = AttributeSchema([AttributeSpec("quality", 0, 4)])
+    cases = [
+        (parse_unpaired("u.jsonl:1", {"prompt": question, "completion": "Thank you.",
+                                      "label": True}), Encoder(inst_tokenizer, cfg), ""),
+        (parse_ranked("r.jsonl:1", {"prompt": question, "completions":
+                                    ["Thank you.", "No.", "the sea."], "ranks": [1, 2, 3]}),
+         Encoder(inst_tokenizer, cfg), ""),
+        (parse_attributed("a.jsonl:1", {"prompt": question, "response": "Thank you.",
+                                        "attributes": {"quality": 4}}),
+         Encoder(inst_tokenizer, cfg, schema), "quality:4\n"),
+    ]
+    for record, encoder, line in cases:
+        (group,), report = encoder.encode_all([record])
+        assert report.prompt_boundary_merges == 0
+        assert group.prompt == whole(head + line)
+        for text, ids in zip(record.completions, group.completions):
+            assert group.prompt + ids == whole(head + line + text + "</s>")
+        assert inst_tokenizer.convert_ids_to_tokens(group.completions[0])[0] != "▁Thank"
+    assert group.bare_prompt == whole(head + "\n")  # the attributed record's empty line
