@@ -30,10 +30,11 @@ malformed line can never shift the data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 Messages = list[dict[str, str]]
@@ -424,7 +425,7 @@ def check_columns(columns: Columns | dict[str, str] | None, fmt: str,
     """`columns` ({field: source column}, or a `Columns`) checked against the fields of
     format `fmt`; the fields it maps."""
     if isinstance(columns, Columns):
-        columns = {f.name: getattr(columns, f.name) for f in fields(columns)}
+        columns = dataclasses.asdict(columns)
     columns = {name: column for name, column in (columns or {}).items() if column is not None}
     for name, column in columns.items():
         if name not in FIELDS[fmt]:

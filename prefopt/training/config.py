@@ -76,7 +76,8 @@ class TrainConfig:
 # Keys that only one option of a config group uses: given without choosing the group,
 # they choose it, so that `data.path=x` does not train on the synthetic task's settings.
 IMPLIED_GROUPS = {
-    "data": ("files", ("path", "mix", "columns", "split", "val_path", "val_split")),
+    "data": ("files", ("path", "mix", "columns", "split", "val_path", "val_split",
+                       "val_fraction")),
     "model": ("hf", ("name_or_path", "revision", "trust_remote_code")),
 }
 
