@@ -186,6 +186,14 @@ def _iter_datasets(path: str, split: str, setting: str) -> Iterator[tuple[str, A
             if split not in loaded:
                 raise _no_split(path, split, loaded, setting)
             loaded = loaded[split]
+        elif split != "train":
+            # One Dataset has no splits: every split name would give all of it, and a
+            # validation split would then be the training records.
+            fix = "validation records come from data.val_path or data.val_fraction" \
+                if "val_split" in setting else "the whole dataset is read"
+            raise RecordError(path, f"is one dataset without splits (save_to_disk of a "
+                              f"Dataset), so {setting}={split} picks nothing: remove "
+                              f"{setting}; {fix}")
         dataset = loaded
     elif os.path.exists(path) and not os.path.isdir(path):
         raise RecordError(path, "unknown file type: use .jsonl, .json or .parquet")

@@ -199,3 +199,19 @@ def test_the_columns_node_has_every_formats_fields():
 
     every = {f for fields in FIELDS.values() for f in fields}
     assert {f.name for f in dataclasses.fields(Columns)} == every
+
+
+def test_a_split_of_a_saved_dataset_without_splits_is_refused(tmp_path):
+    import datasets
+
+    from prefopt.data.records import read_records
+
+    path = tmp_path / "one"
+    datasets.Dataset.from_list([GOOD] * 2).save_to_disk(path)
+    assert len(read_pairwise(str(path))) == 2
+    with pytest.raises(RecordError) as err:
+        read_records(str(path), "pairwise", "test", split_setting="data.val_split")
+    assert str(err.value) == (f"{path}: is one dataset without splits (save_to_disk of a "
+                              "Dataset), so data.val_split=test picks nothing: remove "
+                              "data.val_split; validation records come from data.val_path "
+                              "or data.val_fraction")
