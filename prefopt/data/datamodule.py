@@ -65,7 +65,7 @@ def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]
 
 
 def load_sources(cfg: DataConfig, fmt: str, seed: int) -> sources.Loaded:
-    """load_splits, with what each source gave (None for the synthetic task)."""
+    """load_splits, with what each source gave (nothing for the synthetic task)."""
     source = fmt
     if cfg.unpair:
         if fmt != "unpaired":
