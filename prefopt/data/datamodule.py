@@ -12,10 +12,10 @@ from typing import Optional
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from prefopt.data import synthetic
+from prefopt.data import sources, synthetic
 from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
-from prefopt.data.records import PARSERS, Record, RecordError, iter_raw, read_records, unpair
+from prefopt.data.records import PARSERS, Columns, Record, RecordError, unpair
 from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, EncodedGroup, Encoder, TokenizeConfig
 from prefopt.objective import FORMATS, BatchFormat
@@ -27,11 +27,17 @@ log = logging.getLogger(__name__)
 class DataConfig(TokenizeConfig):
     path: Optional[str] = None
     """JSONL / JSON / Parquet file, a `save_to_disk` folder or a `datasets` name;
-    empty: the built-in synthetic task."""
+    empty (and no `mix`): the built-in synthetic task."""
+    mix: Optional[list[sources.SourceConfig]] = None
+    """Several sources instead of `path`: [{path, weight, split, val_split, columns}, ...];
+    weight = share of the source's records used, > 1 repeats (prefopt.data.sources)."""
+    columns: Columns = field(default_factory=Columns)
+    """The source's column for a field of the format, e.g. {chosen: response_a}."""
     split: str = "train"
     """Split to train on, for a `datasets` source."""
     val_path: Optional[str] = None
-    """Validation records; empty: `val_split` of `path`, or `val_fraction` held out."""
+    """Validation records; empty: `val_split` of each source, or `val_fraction` of each
+    held out."""
     val_split: Optional[str] = None
     val_fraction: float = 0.05
     unpair: bool = False
@@ -47,101 +53,39 @@ class DataConfig(TokenizeConfig):
     attribute_dropout: float = 0.0
     """Attributed records: the share of training examples shown with an empty attribute
     line, drawn anew every epoch, so the model also answers unconditioned."""
-    synthetic: synthetic.SyntheticConfig = field(default_factory=synthetic.SyntheticConfig)
-
-
-def _held_out(records: list[Record], fraction: float, seed: int, source: str = "data"
-              ) -> tuple[list[Record], list[Record]]:
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
-    if len(records) < 2:
-        raise RecordError(source, f"holds {len(records)} record, and holding out validation "
-                          "records (data.val_fraction) leaves none to train on: add "
-                          "records, or give validation records in data.val_path=<file>")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(fraction * len(records)))
-    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+    synthetic: Optional[synthetic.SyntheticConfig] = field(
+        default_factory=synthetic.SyntheticConfig)
+    """The built-in task, used when neither `path` nor `mix` is given; null (data=files):
+    none, and a missing path is an error."""
 
 
 def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]:
     """Train and val records in format `fmt`, the one the objective consumes."""
+    return load_sources(cfg, fmt, seed).splits
+
+
+def load_sources(cfg: DataConfig, fmt: str, seed: int) -> sources.Loaded:
+    """load_splits, with what each source gave (nothing for the synthetic task)."""
     source = fmt
     if cfg.unpair:
         if fmt != "unpaired":
             raise ValueError(f"data.unpair=true turns pairwise records into unpaired ones, "
                              f"but the objective consumes {fmt} records")
         source = "pairwise"
-    if cfg.path is None:
+    if cfg.path is None and cfg.mix is None:
+        if cfg.synthetic is None:
+            raise RecordError("data", "data=files reads records from a file or dataset: give "
+                              "data.path=<file>, or several with data.mix='[{path: <file>, "
+                              "weight: 1.0}, ...]'")
         parse = PARSERS[source]
-        loaded = {name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
-                  for name, rows in synthetic.splits(cfg.synthetic, source).items()}
+        loaded = sources.Loaded({
+            name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
+            for name, rows in synthetic.splits(cfg.synthetic, source).items()})
     else:
-        train = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.split, fmt))
-        if cfg.val_path is not None:
-            val = _nonempty(cfg.val_path, source,
-                            _read(cfg.val_path, source, cfg.val_split or "train", fmt))
-        elif cfg.val_split is not None:
-            val = _nonempty(cfg.path, source, _read(cfg.path, source, cfg.val_split, fmt))
-        else:
-            train, val = _held_out(train, cfg.val_fraction, seed, cfg.path)
-        loaded = {"train": train, "val": val}
+        loaded = sources.load(cfg, source, fmt, seed)
     if cfg.unpair:
-        loaded = {name: unpair(records) for name, records in loaded.items()}
+        loaded.splits = {name: unpair(records) for name, records in loaded.splits.items()}
     return loaded
-
-
-_FIELDS = {"pairwise": "{prompt, chosen, rejected}", "unpaired": "{prompt, completion, label}",
-           "ranked": "{prompt, completions, ranks}",
-           "attributed": "{prompt, response, attributes}", "prompts": "{prompt}"}
-
-
-# The fields that tell a record's format, checked in this order.
-_MARKS = (("pairwise", {"chosen", "rejected"}), ("unpaired", {"completion", "label"}),
-          ("ranked", {"completions", "ranks"}), ("ranked", {"answers"}),
-          ("attributed", {"response", "attributes"}))
-
-
-def _format_of(raw) -> str | None:
-    """The format a raw record is in, by its fields; None if it has none's."""
-    if not isinstance(raw, dict):
-        return None
-    return next((fmt for fmt, fields in _MARKS if fields <= set(raw)), None)
-
-
-def _a(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-def _read(path: str, source: str, split: str, fmt: str) -> list[Record]:
-    """read_records, naming both formats when the file holds records of another format
-    than the objective consumes (`fmt`; `source` is what is read: pairwise to unpair)."""
-    try:
-        return read_records(path, source, split)
-    except RecordError as exc:
-        try:
-            where, first = next(iter_raw(path, split))
-        except (RecordError, StopIteration):
-            raise exc from None
-        found = _format_of(first)
-        if found is None or found == source:
-            raise
-        if found == "pairwise" and fmt == "unpaired":
-            fix = "set data.unpair=true to split each pair into a desirable and an " \
-                  "undesirable record"
-        else:
-            fix = (f"convert the data to {source} records, or choose an objective that "
-                   f"consumes {found} records (prefopt-plugins lists each one's format)")
-        raise RecordError(where, f"the objective consumes {source} records "
-                          f"{_FIELDS[source]}, but this is {_a(found)} record "
-                          f"{_FIELDS[found]}: {fix}") from None
-
-
-def _nonempty(path: str, fmt: str, records: list[Record]) -> list[Record]:
-    if not records:
-        raise RecordError(path, f"holds no records: give a file with {fmt} records "
-                          f"{_FIELDS.get(fmt, '')}, one JSON object per line (.jsonl)")
-    return records
 
 
 def attribute_schema(cfg: DataConfig) -> AttributeSchema:
@@ -149,10 +93,11 @@ def attribute_schema(cfg: DataConfig) -> AttributeSchema:
     task's when training on it."""
     if cfg.attributes:
         return AttributeSchema(list(cfg.attributes))
-    if cfg.path is None:
+    if cfg.path is None and cfg.mix is None and cfg.synthetic is not None:
         return AttributeSchema(synthetic.attribute_specs(cfg.synthetic))
-    raise ValueError(f"data.attributes: attributed records from {cfg.path} need an attribute "
-                     "schema, e.g. data.attributes='[{name: quality, min: 0, max: 4}]'")
+    raise ValueError(f"data.attributes: attributed records from {cfg.path or 'data.mix'} need "
+                     "an attribute schema, e.g. data.attributes='[{name: quality, min: 0, "
+                     "max: 4}]'")
 
 
 class AttributeDropout(Dataset):
@@ -192,13 +137,20 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.schema = attribute_schema(cfg) if FORMATS[BatchFormat(fmt)].attributed else None
         self.groups: dict[str, list[EncodedGroup]] = {}
         self.reports: dict[str, DataReport] = {}
+        self.sources: dict[str, list[dict]] = {}
+        """Per split, what each source gave: {path, split, weight, records_read, held_out,
+        records_used} (prefopt.data.sources); empty for the synthetic task."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.groups:
             return  # validate-then-fit calls setup twice; the data are the same
         encoder = Encoder(self.tokenizer, self.cfg, self.schema, self.condition)
-        for name, records in load_splits(self.cfg, self.fmt, self.seed).items():
+        loaded = load_sources(self.cfg, self.fmt, self.seed)
+        self.sources = loaded.sources
+        for name, records in loaded.splits.items():
             groups, report = encoder.encode_all(records)
+            if hasattr(report, "sources"):  # data_report.json lists the sources of each split
+                report.sources = self.sources.get(name)
             if len(groups) < (2 if self.mismatched else 1):
                 source = self._source(name)
                 raise RecordError(source, f"too few usable {name} records "
@@ -211,11 +163,11 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _source(self, name: str) -> str:
         """Where the records of split `name` come from, for messages."""
-        if self.cfg.path is None:
-            return "synthetic"
         if name == "val" and self.cfg.val_path is not None:
             return self.cfg.val_path
-        return self.cfg.path
+        if self.cfg.mix is not None:
+            return ", ".join(s["path"] for s in self.sources[name])
+        return self.cfg.path or "synthetic"
 
     def _loader(self, name: str, batch_size: int, sampler=None) -> DataLoader:
         collate = functools.partial(collate_groups, pad_id=self.tokenizer.pad_token_id,

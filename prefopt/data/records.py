@@ -4,13 +4,23 @@ Formats follow TRL's conventions; every prompt and completion is either a plain 
 a list of chat messages `{"role": ..., "content": ...}`, the role one of system, user,
 assistant or tool:
 
-- pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength)
+- pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength);
+            with no `prompt`, chosen and rejected whole conversations (TRL's implicit
+            prompt): the messages both start with are the prompt
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
 - attributed `{prompt, response, attributes: {name: value}}` (SteerLM); the values are
             checked against the run's attribute schema (prefopt.data.attributes) when loaded
 - prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions
+
+A string prompt whose completions are whole conversations that open with that prompt as
+the user turn (the UltraFeedback-binarized shape) has the repeated turn taken off: the
+prompt becomes that user message, the completions what follows it. Ranked records whose
+completions are conversations may likewise leave out the prompt.
+
+`columns` maps the format's fields to other column names of the source
+(`{"chosen": "response_a"}`); `FIELDS` lists the fields each format reads.
 
 All become a `Record`: a prompt with its completions. Every record is checked as it is
 read; a bad one raises `RecordError` naming the source, the line (JSONL) or record index,
@@ -20,11 +30,12 @@ malformed line can never shift the data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 Messages = list[dict[str, str]]
 Text = Union[str, Messages]
@@ -34,12 +45,42 @@ ROLES = ("system", "user", "assistant", "tool")
 """The chat roles a message may have; chat templates render any other as literal text."""
 
 
-class RecordError(ValueError):
-    """A record that cannot be used, with where it is and which field is wrong."""
+FIELDS = {"pairwise": ("prompt", "chosen", "rejected", "margin"),
+          "unpaired": ("prompt", "completion", "label"),
+          "ranked": ("prompt", "completions", "ranks", "answers"),
+          "attributed": ("prompt", "response", "attributes"),
+          "prompts": ("prompt",)}
+"""The top-level fields each format reads: the names `data.columns` may map."""
 
-    def __init__(self, where: str, message: str, field: str | None = None):
-        self.where, self.field = where, field
-        prefix = f"{where}: field '{field}': " if field else f"{where}: "
+
+@dataclass
+class Columns:
+    """`data.columns`: the source's column name for each field it names differently (a
+    typed node, so that `data.columns.chosen=response_a` needs no `+` and a misspelt field
+    is refused); the fields are those of every format (`FIELDS`)."""
+
+    prompt: Optional[str] = None
+    chosen: Optional[str] = None
+    rejected: Optional[str] = None
+    margin: Optional[str] = None
+    completion: Optional[str] = None
+    label: Optional[str] = None
+    completions: Optional[str] = None
+    ranks: Optional[str] = None
+    answers: Optional[str] = None
+    response: Optional[str] = None
+    attributes: Optional[str] = None
+
+
+class RecordError(ValueError):
+    """A record that cannot be used, with where it is and which field is wrong; `column`
+    names the source's column when `data.columns` maps the field to another name."""
+
+    def __init__(self, where: str, message: str, field: str | None = None,
+                 column: str | None = None):
+        self.where, self.message, self.field, self.column = where, message, field, column
+        named = f"field '{field}'" + (f" (column '{column}')" if column else "")
+        prefix = f"{where}: {named}: " if field else f"{where}: "
         super().__init__(prefix + message)
 
 
@@ -82,8 +123,10 @@ def pairwise_record(prompt: Text, chosen: Text, rejected: Text, where: str,
     return Record(prompt, (chosen, rejected), where, ranks=(0, 1), margin=margin)
 
 
-def iter_raw(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
-    """(where, raw record) pairs from a file or dataset, in order."""
+def iter_raw(path: str, split: str = "train", split_setting: str = "data.split"
+             ) -> Iterator[tuple[str, Any]]:
+    """(where, raw record) pairs from a file or dataset, in order. `split_setting` is the
+    setting that chose `split`, named when the dataset has no such split."""
     lower = path.lower()
     if lower.endswith((".jsonl", ".ndjson")):
         yield from _iter_jsonl(path)
@@ -92,7 +135,7 @@ def iter_raw(path: str, split: str = "train") -> Iterator[tuple[str, Any]]:
     elif lower.endswith(".parquet"):
         yield from _iter_parquet(path)
     else:
-        yield from _iter_datasets(path, split)
+        yield from _iter_datasets(path, split, split_setting)
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[str, Any]]:
@@ -127,17 +170,41 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, Any]]:
         yield f"{path} record {index}", record
 
 
-def _iter_datasets(path: str, split: str) -> Iterator[tuple[str, Any]]:
+def _no_split(path: str, split: str, found, setting: str) -> RecordError:
+    also = " (validation records: data.val_split=<name>)" if setting == "data.split" else ""
+    return RecordError(path, f"has no split '{split}' (its splits: {', '.join(found)}): "
+                       f"choose one with {setting}=<name>{also}")
+
+
+def _iter_datasets(path: str, split: str, setting: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
     saved_markers = ("dataset_info.json", "dataset_dict.json")
     if os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in saved_markers):
         loaded = datasets.load_from_disk(path)  # a directory written by save_to_disk
-        dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise _no_split(path, split, loaded, setting)
+            loaded = loaded[split]
+        elif split != "train":
+            # One Dataset has no splits: every split name would give all of it, and a
+            # validation split would then be the training records.
+            fix = "validation records come from data.val_path or data.val_fraction" \
+                if "val_split" in setting else "the whole dataset is read"
+            raise RecordError(path, f"is one dataset without splits (save_to_disk of a "
+                              f"Dataset), so {setting}={split} picks nothing: remove "
+                              f"{setting}; {fix}")
+        dataset = loaded
     elif os.path.exists(path) and not os.path.isdir(path):
         raise RecordError(path, "unknown file type: use .jsonl, .json or .parquet")
     else:
-        dataset = datasets.load_dataset(path, split=split)  # a hub name or a data folder
+        try:  # a hub name or a data folder; `split` may slice, e.g. train[:1000]
+            dataset = datasets.load_dataset(path, split=split)
+        except ValueError as exc:
+            if not str(exc).startswith("Unknown split"):
+                raise
+            # The splits are prepared by now: listing them reads the local cache.
+            raise _no_split(path, split, datasets.load_dataset(path), setting) from None
     for index, record in enumerate(dataset):
         yield f"{path} [{split}] record {index}", record
 
@@ -179,26 +246,108 @@ def _same_form(where: str, fields: dict[str, Text]) -> None:
                           "in the same form", odd)
 
 
+def _quote(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _starts_answer(where: str, field: str, rest: Messages, offset: int) -> Messages:
+    """`rest`, the messages of a conversation from `offset` on, as a completion: there must
+    be some, and the first must be the assistant's (a completion is what the model says)."""
+    if not rest:
+        raise RecordError(where, f"holds no message after the prompt's {offset}, so its "
+                          "completion would be empty", field)
+    if rest[0]["role"] != "assistant":
+        raise RecordError(where, f"message {offset}, the first after the prompt, is a "
+                          f"{rest[0]['role']} message; a completion starts with an assistant "
+                          "message", field)
+    return rest
+
+
+def _strip_prompt_turn(where: str, prompt: str, completions: dict[str, Messages]
+                       ) -> tuple[Messages, dict[str, Messages]]:
+    """A string prompt and whole conversations that repeat it as their user turn (the
+    UltraFeedback-binarized shape): the prompt becomes that user message, and each
+    completion the messages after it."""
+    turn = {"role": "user", "content": prompt}
+    for field, conversation in completions.items():
+        first = conversation[0]
+        if first["role"] != "user" or first["content"] != prompt:
+            raise RecordError(where, "is a conversation under a string 'prompt', so it must "
+                              "open with that prompt as a user message, but message 0 is "
+                              f"{first['role']} {_quote(first['content'])}, the prompt "
+                              f"{_quote(prompt)}: give the prompt as messages, or the "
+                              "completions as strings", field)
+    return [turn], {f: _starts_answer(where, f, c[1:], 1) for f, c in completions.items()}
+
+
+def _settle_forms(where: str, prompt: Text, completions: dict[str, Text]
+                  ) -> tuple[Text, dict[str, Text]]:
+    """Prompt and completions in one form: all strings, or all chat messages."""
+    values = list(completions.values())
+    if isinstance(prompt, str) and values and all(isinstance(v, list) for v in values):
+        return _strip_prompt_turn(where, prompt, completions)
+    _same_form(where, {"prompt": prompt, **completions})
+    return prompt, completions
+
+
+def _same_message(a: dict, b: dict) -> bool:
+    return a["role"] == b["role"] and a["content"] == b["content"]
+
+
+def _shared_prompt(where: str, conversations: dict[str, Messages]
+                   ) -> tuple[Messages, dict[str, Messages]]:
+    """TRL's implicit prompt: whole conversations with no `prompt` field share their first
+    messages, which are the prompt; the rest of each is its completion. The prompt is the
+    longest run of whole messages, from the first, that every conversation has."""
+    (first_field, first), *others = conversations.items()
+    n = min(len(c) for c in conversations.values())
+    for _, other in others:
+        n = next((i for i in range(n) if not _same_message(first[i], other[i])), n)
+    if n == 0:
+        odd = next(f for f, c in others if not _same_message(first[0], c[0]))
+        raise RecordError(where, f"has no 'prompt' field, so the prompt is the messages that "
+                          f"{' and '.join(conversations)} start with, but its first message "
+                          f"differs from {first_field}'s: give a 'prompt' field", odd)
+    return first[:n], {f: _starts_answer(where, f, c[n:], n) for f, c in conversations.items()}
+
+
+def _implicit(raw: Any, fields: list[str]) -> bool:
+    """A record without a prompt whose completions are all conversations."""
+    return isinstance(raw, dict) and raw.get("prompt") is None and all(
+        isinstance(raw.get(f), list) for f in fields)
+
+
 def parse_pairwise(where: str, raw: Any) -> Record:
-    _require(where, raw, PAIRWISE_FIELDS)
-    values = {f: _check_text(where, f, raw[f]) for f in PAIRWISE_FIELDS}
-    _same_form(where, values)
+    if _implicit(raw, ["chosen", "rejected"]):
+        texts = {f: _check_text(where, f, raw[f]) for f in ("chosen", "rejected")}
+        prompt, texts = _shared_prompt(where, texts)
+    else:
+        _require(where, raw, PAIRWISE_FIELDS)
+        prompt = _check_text(where, "prompt", raw["prompt"])
+        texts = {f: _check_text(where, f, raw[f]) for f in ("chosen", "rejected")}
+        prompt, texts = _settle_forms(where, prompt, texts)
     margin = raw.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
         raise RecordError(where, f"expected a number, got {margin!r}", "margin")
-    return pairwise_record(values["prompt"], values["chosen"], values["rejected"], where,
+    return pairwise_record(prompt, texts["chosen"], texts["rejected"], where,
                            None if margin is None else float(margin))
 
 
 def parse_unpaired(where: str, raw: Any) -> Record:
+    if _implicit(raw, ["completion"]):
+        # One conversation has no second one to share its prompt with: where the prompt
+        # ends is a guess (the last user turn? the first?), so it must be given.
+        raise RecordError(where, "missing: an unpaired record's prompt cannot be told apart "
+                          "from one conversation; give the prompt messages in 'prompt' and "
+                          "the answer in 'completion'", "prompt")
     _require(where, raw, ("prompt", "completion", "label"))
-    values = {f: _check_text(where, f, raw[f]) for f in ("prompt", "completion")}
-    _same_form(where, values)
+    prompt = _check_text(where, "prompt", raw["prompt"])
+    prompt, texts = _settle_forms(where, prompt, {
+        "completion": _check_text(where, "completion", raw["completion"])})
     if not isinstance(raw["label"], bool):
         raise RecordError(where, f"expected a boolean (true = desirable), got {raw['label']!r}",
                           "label")
-    return Record(values["prompt"], (values["completion"],), where, label=raw["label"],
-                  kind="unpaired")
+    return Record(prompt, (texts["completion"],), where, label=raw["label"], kind="unpaired")
 
 
 def _check_rank(where: str, field: str, value: Any) -> int:
@@ -210,17 +359,24 @@ def _check_rank(where: str, field: str, value: Any) -> int:
 def parse_ranked(where: str, raw: Any) -> Record:
     if isinstance(raw, dict) and "answers" in raw and "completions" not in raw:
         return _parse_nectar(where, raw)
-    _require(where, raw, ("prompt", "completions", "ranks"))
-    prompt = _check_text(where, "prompt", raw["prompt"])
+    implicit = isinstance(raw, dict) and raw.get("prompt") is None and \
+        isinstance(raw.get("completions"), list) and raw["completions"] and \
+        all(isinstance(c, list) for c in raw["completions"])
+    _require(where, raw, ("completions", "ranks") if implicit else
+             ("prompt", "completions", "ranks"))
     completions, ranks = raw["completions"], raw["ranks"]
     if not isinstance(completions, list) or len(completions) < 2:
         raise RecordError(where, "a ranking needs a list of at least 2 completions", "completions")
     if not isinstance(ranks, list) or len(ranks) != len(completions):
         raise RecordError(where, f"expected a list of {len(completions)} ranks, one per "
                           f"completion, got {ranks!r}", "ranks")
-    texts = tuple(_check_text(where, f"completions[{i}]", c) for i, c in enumerate(completions))
-    _same_form(where, {"prompt": prompt, **{f"completions[{i}]": t for i, t in enumerate(texts)}})
-    return Record(prompt, texts, where, kind="ranked",
+    texts = {f"completions[{i}]": _check_text(where, f"completions[{i}]", c)
+             for i, c in enumerate(completions)}
+    if implicit:
+        prompt, texts = _shared_prompt(where, texts)
+    else:
+        prompt, texts = _settle_forms(where, _check_text(where, "prompt", raw["prompt"]), texts)
+    return Record(prompt, tuple(texts.values()), where, kind="ranked",
                   ranks=tuple(_check_rank(where, f"ranks[{i}]", r) for i, r in enumerate(ranks)))
 
 
@@ -230,26 +386,26 @@ def _parse_nectar(where: str, raw: dict) -> Record:
     answers = raw["answers"]
     if not isinstance(answers, list) or len(answers) < 2:
         raise RecordError(where, "a ranking needs a list of at least 2 answers", "answers")
-    texts, ranks = [], []
+    texts, ranks = {}, []
     for i, answer in enumerate(answers):
         if not isinstance(answer, dict):
             raise RecordError(where, "expected an object {answer, rank}", f"answers[{i}]")
         for key in ("answer", "rank"):
             if answer.get(key) is None:
                 raise RecordError(where, "missing", f"answers[{i}].{key}")
-        texts.append(_check_text(where, f"answers[{i}].answer", answer["answer"]))
+        texts[f"answers[{i}].answer"] = _check_text(where, f"answers[{i}].answer",
+                                                    answer["answer"])
         ranks.append(_check_rank(where, f"answers[{i}].rank", answer["rank"]))
-    _same_form(where, {"prompt": prompt,
-                       **{f"answers[{i}].answer": t for i, t in enumerate(texts)}})
-    return Record(prompt, tuple(texts), where, ranks=tuple(ranks), kind="ranked")
+    prompt, texts = _settle_forms(where, prompt, texts)
+    return Record(prompt, tuple(texts.values()), where, ranks=tuple(ranks), kind="ranked")
 
 
 def parse_attributed(where: str, raw: Any) -> Record:
     """A response with attribute values; null values mean "not labelled". Names and ranges
     are checked against the schema later (`AttributeSchema.check`), which knows them."""
     _require(where, raw, ("prompt", "response", "attributes"))
-    values = {f: _check_text(where, f, raw[f]) for f in ("prompt", "response")}
-    _same_form(where, values)
+    prompt, texts = _settle_forms(where, _check_text(where, "prompt", raw["prompt"]),
+                                  {"response": _check_text(where, "response", raw["response"])})
     attributes = raw["attributes"]
     if not isinstance(attributes, dict):
         raise RecordError(where, "expected an object {name: value}, got "
@@ -258,7 +414,7 @@ def parse_attributed(where: str, raw: Any) -> Record:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise RecordError(where, f"expected a number or null, got {value!r}",
                               f"attributes.{name}")
-    return Record(values["prompt"], (values["response"],), where, kind="attributed",
+    return Record(prompt, (texts["response"],), where, kind="attributed",
                   attributes=tuple((str(k), v) for k, v in attributes.items()))
 
 
@@ -272,13 +428,51 @@ PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": par
            "attributed": parse_attributed, "prompts": parse_prompt}
 
 
-def read_records(path: str, fmt: str, split: str = "train") -> list[Record]:
+def check_columns(columns: Columns | dict[str, str] | None, fmt: str,
+                  setting: str = "data.columns") -> dict[str, str]:
+    """`columns` ({field: source column}, or a `Columns`) checked against the fields of
+    format `fmt`; the fields it maps."""
+    if isinstance(columns, Columns):
+        columns = dataclasses.asdict(columns)
+    columns = {name: column for name, column in (columns or {}).items() if column is not None}
+    for name, column in columns.items():
+        if name not in FIELDS[fmt]:
+            raise RecordError(setting, f"{fmt} records have no such field; map one of "
+                              f"{', '.join(FIELDS[fmt])}: {setting}.<field>=<column>", name)
+        if not isinstance(column, str) or not column:
+            raise RecordError(setting, f"expected a column name, got {column!r}", name)
+    return columns
+
+
+def renamed(raw: Any, columns: dict[str, str]) -> Any:
+    """A raw record with its columns under the format's field names. A mapped field's own
+    column, if the source has one too, gives way to the column mapped to it."""
+    if not columns or not isinstance(raw, dict):
+        return raw
+    out = {key: value for key, value in raw.items() if key not in columns}
+    out.update({name: raw[column] for name, column in columns.items() if column in raw})
+    return out
+
+
+def _parsed(parse, where: str, raw: Any, columns: dict[str, str]) -> Record:
+    try:
+        return parse(where, renamed(raw, columns))
+    except RecordError as exc:
+        top = (exc.field or "").split("[")[0].split(".")[0]
+        if top not in columns:
+            raise
+        raise RecordError(exc.where, exc.message, exc.field, columns[top]) from None
+
+
+def read_records(path: str, fmt: str, split: str = "train", columns: dict[str, str] | None = None,
+                 split_setting: str = "data.split") -> list[Record]:
     """Every record of `path` in format `fmt` (pairwise | unpaired | ranked | attributed |
-    prompts), checked."""
+    prompts), checked; `columns` maps the format's fields to the source's column names."""
     if fmt not in PARSERS:
         raise ValueError(f"no reader for {fmt!r} records; known: {sorted(PARSERS)}")
-    parse = PARSERS[fmt]
-    return [parse(where, raw) for where, raw in iter_raw(path, split)]
+    parse, columns = PARSERS[fmt], check_columns(columns, fmt)
+    return [_parsed(parse, where, raw, columns)
+            for where, raw in iter_raw(path, split, split_setting)]
 
 
 def read_pairwise(path: str, split: str = "train") -> list[Record]:

@@ -16,7 +16,7 @@ from prefopt.models import ModelSourceError
 from prefopt.objective import UnknownSettingError
 from prefopt.online import rewards
 from prefopt.online.rewards import RewardError
-from prefopt.training.config import ConfigError, register_schema
+from prefopt.training.config import ConfigError, imply_groups, register_schema
 from prefopt.training.metrics import NonFiniteError
 from prefopt.training.rundir import RunDirError
 
@@ -57,6 +57,11 @@ def train_entry() -> None:
         sys.exit(f"prefopt-train: error: {exc}")
     register_schema()
     registry.register_configs()
+    # `data.path=x` alone means data=files, not the synthetic task's settings with a path.
+    overrides, notes = imply_groups(sys.argv[1:])
+    for note in notes:
+        print(f"prefopt-train: {note}", file=sys.stderr)
+    sys.argv[1:] = overrides
     # Hydra's own message lists the options of `objective`; add the closest match.
     unknown = registry.unknown_objectives(sys.argv[1:])
     try:

@@ -4,6 +4,8 @@ The primary config (conf/train.yaml) extends `train_schema`, so Hydra checks typ
 refuses unknown keys everywhere: a typo in an override is an error, never a silent
 default. `trainer` and `logger` are open mappings of Lightning arguments, but still in
 Hydra's struct mode: a new key needs an explicit `+trainer.key=value`.
+
+`imply_groups` makes the keys of one preset choose it (`data.path=x` -> `data=files`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,46 @@ class TrainConfig:
     """The progress bar while training, when trainer.enable_progress_bar is true."""
     export_policy: bool = True
     """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
+
+
+# Keys that only one option of a config group uses: given without choosing the group,
+# they choose it, so that `data.path=x` does not train on the synthetic task's settings.
+IMPLIED_GROUPS = {
+    "data": ("files", ("path", "mix", "columns", "split", "val_path", "val_split",
+                       "val_fraction")),
+    "model": ("hf", ("name_or_path", "revision", "trust_remote_code")),
+}
+
+
+def _override_key(override: str) -> str | None:
+    """The key an override sets (`+data.path=x` -> `data.path`), or None for a flag."""
+    if override.startswith("-") or "=" not in override and not override.startswith("~"):
+        return None
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def imply_groups(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(`overrides` with `data=files` / `model=hf` added where a key only that option uses
+    is given and the group is not chosen, the notes that say so). A choice of the group in
+    any form (`data=...`, `+data=...`, `data@pkg=...`, `~data`) is left alone; `key=null`
+    implies nothing; sweep values (`data.path=a.jsonl,b.jsonl`) imply it like one value."""
+    keys = [k for k in map(_override_key, overrides) if k is not None]
+    out, notes = list(overrides), []
+    for group, (option, only) in IMPLIED_GROUPS.items():
+        if any(k == group or k.startswith(group + "@") for k in keys):
+            continue
+        for override in overrides:
+            key = _override_key(override)
+            name = key.removeprefix(group + ".").split(".")[0] if key else None
+            if key and key.startswith(group + ".") and name in only and \
+                    override.split("=", 1)[-1].strip() != "null":
+                # Beside the key, not at the end: Hydra reads the overrides as one run of
+                # arguments, which a flag after them (`--cfg job`) would split.
+                out.insert(out.index(override), f"{group}={option}")
+                notes.append(f"{key} given: using {group}={option} (choose another with "
+                             f"{group}=<name>)")
+                break
+    return out, notes
 
 
 def register_schema() -> None:

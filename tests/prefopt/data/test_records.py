@@ -115,3 +115,103 @@ def test_a_message_role_outside_the_chat_roles_is_refused(tmp_path, field):
                                           r"'human'; a role is one of system, user, "
                                           r"assistant, tool$"):
         read_pairwise(str(path))
+
+
+def test_a_saved_dataset_without_the_split_names_its_splits_and_the_setting(tmp_path):
+    import datasets
+
+    from prefopt.data.records import read_records
+
+    path = tmp_path / "ds"
+    datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list([GOOD] * 2),
+                          "test_prefs": datasets.Dataset.from_list([GOOD])}).save_to_disk(path)
+    with pytest.raises(RecordError) as err:
+        read_pairwise(str(path))
+    assert str(err.value) == (f"{path}: has no split 'train' (its splits: train_prefs, "
+                              "test_prefs): choose one with data.split=<name> (validation "
+                              "records: data.val_split=<name>)")
+    with pytest.raises(RecordError) as err:
+        read_records(str(path), "pairwise", "validation", split_setting="data.val_split")
+    assert str(err.value).endswith("choose one with data.val_split=<name>")
+    assert len(read_pairwise(str(path), "train_prefs")) == 2
+
+
+def test_a_dataset_folder_without_the_split_names_its_splits(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", [GOOD, GOOD, GOOD])  # datasets: the split "test"
+    with pytest.raises(RecordError) as err:
+        read_pairwise(str(folder))
+    assert str(err.value) == (f"{folder}: has no split 'train' (its splits: test): choose "
+                              "one with data.split=<name> (validation records: "
+                              "data.val_split=<name>)")
+    assert len(read_pairwise(str(folder), "test[:2]")) == 2  # slices still work
+
+
+def test_columns_map_fields_to_the_sources_names(tmp_path):
+    from prefopt.data.records import read_records
+
+    rows = [{"question": "sort 21", "response_a": "12", "response_b": "21", "chosen": "x"}]
+    path = write_jsonl(tmp_path / "renamed.jsonl", rows)
+    columns = {"prompt": "question", "chosen": "response_a", "rejected": "response_b"}
+    (rec,) = read_records(str(path), "pairwise", columns=columns)
+    # The mapped column wins over the source's own "chosen".
+    assert (rec.prompt, rec.chosen, rec.rejected) == ("sort 21", "12", "21")
+
+
+def test_columns_apply_to_datasets_too(tmp_path):
+    import datasets
+
+    from prefopt.data.records import Columns, read_records
+
+    rows = [{"q": "sort 21", "good": "12", "bad": "21"}]
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "ds")
+    columns = Columns(prompt="q", chosen="good", rejected="bad")
+    (rec,) = read_records(str(tmp_path / "ds"), "pairwise", columns=columns)
+    assert (rec.prompt, rec.chosen, rec.rejected) == ("sort 21", "12", "21")
+
+
+def test_a_mapped_column_missing_names_field_and_column(tmp_path):
+    from prefopt.data.records import read_records
+
+    path = write_jsonl(tmp_path / "renamed.jsonl", [
+        {"prompt": "p", "response_a": "a", "rejected": "b"}, {"prompt": "p", "rejected": "b"}])
+    with pytest.raises(RecordError) as err:
+        read_records(str(path), "pairwise", columns={"chosen": "response_a"})
+    assert str(err.value) == f"{path}:2: field 'chosen' (column 'response_a'): missing"
+
+
+def test_an_unknown_column_field_is_refused_with_the_valid_ones(tmp_path):
+    from prefopt.data.records import read_records
+
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(RecordError) as err:
+        read_records(str(path), "pairwise", columns={"completion": "answer"})
+    assert str(err.value) == ("data.columns: field 'completion': pairwise records have no "
+                              "such field; map one of prompt, chosen, rejected, margin: "
+                              "data.columns.<field>=<column>")
+
+
+def test_the_columns_node_has_every_formats_fields():
+    import dataclasses
+
+    from prefopt.data.records import FIELDS, Columns
+
+    every = {f for fields in FIELDS.values() for f in fields}
+    assert {f.name for f in dataclasses.fields(Columns)} == every
+
+
+def test_a_split_of_a_saved_dataset_without_splits_is_refused(tmp_path):
+    import datasets
+
+    from prefopt.data.records import read_records
+
+    path = tmp_path / "one"
+    datasets.Dataset.from_list([GOOD] * 2).save_to_disk(path)
+    assert len(read_pairwise(str(path))) == 2
+    with pytest.raises(RecordError) as err:
+        read_records(str(path), "pairwise", "test", split_setting="data.val_split")
+    assert str(err.value) == (f"{path}: is one dataset without splits (save_to_disk of a "
+                              "Dataset), so data.val_split=test picks nothing: remove "
+                              "data.val_split; validation records come from data.val_path "
+                              "or data.val_fraction")
