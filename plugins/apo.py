@@ -2,7 +2,7 @@
 
 D'Oosterlinck, Xu, Develder, Demeester, Singh, Potts, Kiela and Mehri, "Anchored Preference
 Optimization and Contrastive Revisions: Addressing Underspecification in Alignment",
-arXiv:2408.06266, eqs. 7 (APO-zero) and 8 (APO-down). With r(x, y) = β log π(y|x)/π_ref(y|x):
+arXiv:2408.06266, APO-zero and APO-down. With r(x, y) = β log π(y|x)/π_ref(y|x):
 
     zero:  L = (1 - σ(r_w)) + σ(r_l)
     down:  L = σ(r_w) + (1 - σ(r_w - r_l))

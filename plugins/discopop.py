@@ -2,7 +2,7 @@
 
 Lu, Holt, Fanconi, Chan, Foerster, van der Schaar and Lange, "Discovering Preference
 Optimization Algorithms with and for Large Language Models", NeurIPS 2024,
-arXiv:2406.08414, eq. 5. With the DPO logit ρ = β [(log π(y_w) - log π_ref(y_w)) -
+arXiv:2406.08414. With the DPO logit ρ = β [(log π(y_w) - log π_ref(y_w)) -
 (log π(y_l) - log π_ref(y_l))], DiscoPOP blends DPO's logistic loss with an exponential
 loss, weighted by a sigmoid of the logit at temperature τ:
 

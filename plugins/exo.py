@@ -1,7 +1,7 @@
 """EXO: Efficient Exact Optimization of alignment, pairwise form.
 
 Ji et al., "Towards Efficient Exact Optimization of Language Model Alignment", ICML 2024,
-arXiv:2402.00856, eq. 16 for K = 2 completions. EXO minimises the reverse KL from the
+arXiv:2402.00856, for K = 2 completions. EXO minimises the reverse KL from the
 policy's preference distribution over the pair,
 
     q = softmax(β ρ_w, β ρ_l) = (σ(βh), σ(-βh)),   h = ρ_w - ρ_l,

@@ -1,7 +1,7 @@
 """SPPO: Self-Play Preference Optimization, hard-label form.
 
 Wu, Sun, Yuan, Ji, Yang and Gu, "Self-Play Preference Optimization for Language Model
-Alignment", arXiv:2405.00675, the square loss of their Algorithm 1 (eq. 4.7). SPPO
+Alignment", arXiv:2405.00675, the square loss of their Algorithm 1. SPPO
 regresses each response's log-ratio to the reference (the previous iterate) onto
 η (P(y ≻ π | x) - ½), where P is the probability that y beats the current policy. With
 hard labels, P = 1 for the preferred response and 0 for the other; η = 1/β:
