@@ -4,7 +4,8 @@ Xu, Sharaf, Chen, Tan, Shen, Van Durme, Murray and Kim, "Contrastive Preference
 Optimization: Pushing the Boundaries of LLM Performance in Machine Translation", ICML 2024,
 arXiv:2401.08417, the CPO loss: its preference term and the NLL term beside it. CPO
 drops DPO's reference model (π_ref ≡ 1, the limit the paper derives as an upper bound of
-the DPO loss) and keeps the policy near the preferred data with a negative log-likelihood term instead:
+the DPO loss) and keeps the policy near the preferred data with a negative log-likelihood
+term instead:
 
     L_prefer = -log σ(β log π(y_w|x) - β log π(y_l|x))
     L        = L_prefer + α L_NLL,    L_NLL = -log π(y_w|x)
