@@ -166,7 +166,10 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
 
     cfg = load_run_config(run_dir)
     if data is not None:
+        # One file for both splits, in place of the run's own source(s).
         cfg.data.path, cfg.data.val_path = data, data
+        if cfg.data.get("mix") is not None:
+            cfg.data.mix = None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, datamodule, tokenizer = build(cfg)  # same seed: the reference is the run's
     datamodule.setup("validate")
@@ -195,7 +198,8 @@ def evaluate(run_dir: Path, data: str | None = None, reward_model: str | None = 
         records = load_splits(cfg.data, datamodule.fmt, cfg.seed)["val"]
         result["steering"] = steering(
             module.policy, generator_reference, tokenizer, datamodule.schema, records,
-            builtin=cfg.data.path is None, max_prompts=max_prompts,
+            builtin=cfg.data.path is None and cfg.data.get("mix") is None,
+            max_prompts=max_prompts,
             generation=generation or GenerationConfig(), attribute_model=attribute_model,
             seed=cfg.seed)
 

@@ -149,8 +149,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.sources = loaded.sources
         for name, records in loaded.splits.items():
             groups, report = encoder.encode_all(records)
-            if hasattr(report, "sources"):  # data_report.json lists the sources of each split
-                report.sources = self.sources.get(name)
+            report.sources = self.sources.get(name)  # data_report.json lists them
             if len(groups) < (2 if self.mismatched else 1):
                 source = self._source(name)
                 raise RecordError(source, f"too few usable {name} records "

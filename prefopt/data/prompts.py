@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from prefopt.data.datamodule import DataConfig, load_splits
+from prefopt.data.datamodule import DataConfig, load_sources
 from prefopt.data.records import Text
 from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, Encoder
@@ -48,7 +48,8 @@ class PromptDataModule(pl.LightningDataModule):
         if self.groups:
             return
         encoder = Encoder(self.tokenizer, self.cfg)
-        for name, records in load_splits(self.cfg, "prompts", self.seed).items():
+        loaded = load_sources(self.cfg, "prompts", self.seed)
+        for name, records in loaded.splits.items():
             ids = encoder.prompt_ids([r.prompt for r in records])
             report = DataReport(records=len(records), prompt_lengths=[len(p) for p in ids])
             kept = []
@@ -68,6 +69,7 @@ class PromptDataModule(pl.LightningDataModule):
                     report.truncated["prompt"] += 1
                 kept.append(EncodedPrompt(record.prompt, prompt, record.where))
             report.kept = len(kept)
+            report.sources = loaded.sources.get(name)  # data_report.json lists them
             if not kept:
                 raise ValueError(f"no usable {name} prompts: {report.summary()}")
             self.groups[name], self.reports[name] = kept, report
