@@ -48,3 +48,21 @@ def test_a_prompt_that_leaves_no_room_follows_the_declared_rule(compose, tmp_pat
     datamodule.setup("fit")
     assert all(len(p.ids) + 6 <= 48 for p in datamodule.groups["train"])
     assert datamodule.reports["train"].truncated == {"prompt": 1}
+
+
+def test_a_mixture_of_prompt_files_is_listed_in_the_report(compose, tmp_path):
+    # Two files, weights 1.0 and 0.5: 4 + round(0.5 · 2) = 5 training prompts, and the
+    # validation file read whole; each split's report names what each source gave.
+    a, b, val = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "val.jsonl"
+    for path, numbers in ((a, (11, 12, 13, 14)), (b, (21, 22)), (val, (31,))):
+        path.write_text("".join(json.dumps({"prompt": f"sort {n}"}) + "\n" for n in numbers))
+    mix = f"[{{path: {a}, weight: 1.0}}, {{path: {b}, weight: 0.5}}]"
+    cfg = compose("objective=reinforce", "data=files", f"data.mix={mix}",
+                  f"data.val_path={val}", *ONLINE)
+    _, datamodule, _ = build(cfg)
+    datamodule.setup("fit")
+    train = datamodule.reports["train"].as_dict()["sources"]
+    assert [(s["path"], s["records_read"], s["records_used"]) for s in train] == [
+        (str(a), 4, 4), (str(b), 2, 1)]
+    assert len(datamodule.groups["train"]) == 5
+    assert [s["records_used"] for s in datamodule.reports["val"].as_dict()["sources"]] == [1]
