@@ -99,6 +99,8 @@ def compose(overrides: list[str]) -> DictConfig:
     unknown = registry.unknown_objectives(overrides)
     if unknown:
         raise registry.PluginError(registry.unknown_name_message(unknown[0]))
+    # Set the caller's GlobalHydra aside as the very object (Hydra's own backup would
+    # deep-copy it): a Hydra app calling train() finds its state as it left it.
     running = Singleton._instances.pop(GlobalHydra, None)
     try:
         with initialize_config_module(config_module="prefopt.conf", version_base="1.3",
@@ -215,8 +217,8 @@ def _value(key: str, value: Any) -> str:
 
 
 def _settings(prefix: str, settings: Mapping) -> list[str]:
-    """`{"max_steps": 20, "+precision": "bf16-mixed"}` under `trainer` ->
-    ["trainer.max_steps=20", "+trainer.precision='bf16-mixed'"]: nested dicts become dotted
+    """`{"max_steps": 20, "+detect_anomaly": True}` under `trainer` ->
+    ["trainer.max_steps=20", "+trainer.detect_anomaly=true"]: nested dicts become dotted
     keys; a key starting with '+' adds a key the config does not have (as on the command
     line), which only open mappings (trainer, logger) accept."""
     found = []
@@ -417,7 +419,7 @@ def train(objective: str | Mapping | None = None, model: str | os.PathLike | Map
         ckpt_path='last', reference='cached'), a dict for a section (trainer={'max_steps':
         20}, optimizer={'lr': 1e-5}), or a string for a config group's option
         (scheduler='constant', trainer='ddp', logger='tensorboard'). In a dict, '+key'
-        adds a key that is not in the config (trainer={'+precision': 'bf16-mixed'}).
+        adds a key that is not in the config (trainer={'+detect_anomaly': True}).
 
     On a resume, leave objective, model and data out: the run's config.yaml has them.
     A bad setting raises one of `USER_ERRORS` (the message prefopt-train would print).

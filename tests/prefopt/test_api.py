@@ -48,8 +48,8 @@ def test_python_values_reach_hydra_unchanged(value):
 
 
 def test_nested_settings_become_dotted_overrides():
-    assert api._settings("trainer", {"max_steps": 20, "+precision": "bf16-mixed"}) == [
-        "trainer.max_steps=20", "+trainer.precision='bf16-mixed'"]
+    assert api._settings("trainer", {"max_steps": 20, "+detect_anomaly": True}) == [
+        "trainer.max_steps=20", "+trainer.detect_anomaly=true"]
     assert api._settings("model", {"lora": {"r": 8, "target_modules": ["q_proj"]}}) == [
         "model.lora.r=8", "model.lora.target_modules=['q_proj']"]
     with pytest.raises(ConfigError, match=r"optimizer\.lr=<object .*not a setting's value"):
@@ -132,6 +132,18 @@ def test_an_unknown_objective_is_named_with_the_closest_one(tmp_path):
                                           r".*Did you mean 'ipo'\?"):
         prefopt.train("ipoo", output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arguments,culprit", [  # test_cli.py: what prefopt-train prints
+    ({"data": {"batch_size": 0}},
+     "data.batch_size=0: records per batch must be a whole number >= 1"),
+    ({"trainer": {"max_steps": "abc"}}, "trainer.max_steps='abc': must be a whole number"),
+])
+def test_a_bad_setting_raises_the_message_prefopt_train_prints(tmp_path, arguments, culprit):
+    with pytest.raises(ConfigError) as raised:
+        prefopt.train(output_dir=tmp_path / "run", **arguments)
+    assert str(raised.value).startswith(culprit) and "\n" not in str(raised.value)
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_a_bad_value_of_an_objective_raises_the_cli_message(tmp_path):
