@@ -145,10 +145,13 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
         return f"{_first_line(exc)} ({_first_line(cause)})" if cause else _first_line(exc)
     parent, _, leaf = key.rpartition(".")
     if "not in" in _first_line(cause) or "is not in struct" in _first_line(cause):
-        known = _known_keys(parent, overrides)
+        node = _node(parent, overrides)
+        known = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+        where = f"'{parent}'" if parent else "the config"
+        if parent == "objective" and node is not None:  # as UnknownSettingError words it
+            where, known = f"objective '{node.name}'", [k for k in known if k != "name"]
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-        where = f"'{parent}'" if parent else "the config"
         listed = f" (its settings: {', '.join(known)})" if known else ""
         extra = ""
         if parent in ("trainer", "logger"):  # open mappings: new keys are allowed, forced
@@ -158,17 +161,17 @@ def _composition_error(exc: Exception, overrides: list[str]) -> str:
     return f"{key}: {_first_line(cause)}"
 
 
-def _known_keys(parent: str, overrides: list[str]) -> list[str]:
-    """The keys under `parent` in the config composed with only the group choices of
-    `overrides` (which composed fine, or Hydra would have said so first)."""
+def _node(parent: str, overrides: list[str]):
+    """The node `parent` of the config composed with only the group choices of
+    `overrides` (which composed fine, or Hydra would have said so first); None if that
+    fails too."""
     choices = [o for o in overrides if "." not in o.split("=", 1)[0]
                and o.split("=", 1)[0].lstrip("+") in _groups()]
     try:
         cfg = compose(choices)
     except ConfigError:
-        return []
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+        return None
+    return OmegaConf.select(cfg, parent) if parent else cfg
 
 
 # -- Python values -> Hydra overrides -----------------------------------------------------

@@ -107,8 +107,9 @@ def test_compose_inside_a_running_hydra_app_leaves_it_running(registered):
 
 
 @pytest.mark.parametrize("arguments,message", [
-    ({"objective": {"betaa": 1}}, r"^objective\.betaa: 'objective' has no setting 'betaa' "
-                                  r"\(its settings: .*\)\. Did you mean objective\.beta\?$"),
+    ({"objective": {"name": "ipo", "betaa": 1}},
+     r"^objective\.betaa: objective 'ipo' has no setting 'betaa' \(its settings: beta\)\. "
+     r"Did you mean objective\.beta\?$"),
     ({"seeed": 1}, r"^seeed: the config has no setting 'seeed' .*Did you mean seed\?$"),
     ({"trainer": {"precison": "16-mixed"}},
      r"^trainer\.precison: .*Did you mean trainer\.precision\? To pass a new trainer "
