@@ -4,6 +4,10 @@
 `prefopt.online.rewards`, with a DeprecationWarning naming the new path. A finder on
 `sys.meta_path` is asked only after the normal import machinery has found nothing, so
 it never shadows a real module; no file is left behind at the old place.
+
+One old path is gone for good: `prefopt.train` is now the function `prefopt.train()` (the
+Python API), and a module imported as `prefopt.train` would replace that attribute of the
+package. Importing it fails with a message naming `prefopt.training.train` (`REMOVED`).
 """
 
 from __future__ import annotations
@@ -27,13 +31,21 @@ MOVED = {
     "prefopt.reward": "prefopt.steer.scorer",
     "prefopt.rewards": "prefopt.online.rewards",
     "prefopt.rollout": "prefopt.online.rollout",
-    "prefopt.train": "prefopt.training.train",
     "prefopt.value": "prefopt.online.value",
+}
+
+# old dotted path -> why it cannot be imported any more
+REMOVED = {
+    "prefopt.train": "prefopt.train is the function prefopt.train() now (the Python API); "
+                     "the module of one training run moved to prefopt.training.train: "
+                     "import it from there",
 }
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
+        if fullname in REMOVED:
+            raise ModuleNotFoundError(REMOVED[fullname], name=fullname)
         if fullname not in MOVED:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)

@@ -27,8 +27,9 @@ FLOORS = [
      "prefopt.training.policy", "prefopt.training.module"),
     # the online module, beside the offline one and composing the same machinery
     ("prefopt.online",),
-    # runs and tools on top
-    ("prefopt.training", "prefopt.generate", "prefopt.evaluate", "prefopt.testing"),
+    # runs and tools on top; the Python API beside prefopt-train, which calls it
+    ("prefopt.training", "prefopt.generate", "prefopt.evaluate", "prefopt.testing",
+     "prefopt.api"),
 ]
 
 
