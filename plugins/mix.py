@@ -57,6 +57,10 @@ from prefopt.objective import (
 PREFIX = "mix"
 
 
+class MixError(registry.PluginError):
+    """Parts that one mix cannot combine; prefopt-train reports it in one line."""
+
+
 class Mix(Objective):
     """Weighted sum of objectives of one batch format, on one forward pass."""
 
@@ -152,8 +156,8 @@ def _check_lists(parts: list[str], weights: list[float]) -> None:
 def _build_part(part: str, values: Mapping, mix_name: str) -> Objective:
     """The objective `part`, configured from its defaults and `values`."""
     if part == mix_name:
-        raise ValueError(f"objective.parts: '{part}' is the mix itself; list the objectives "
-                         "to sum directly")
+        raise MixError(f"objective.parts: '{part}' is the mix itself; list the objectives "
+                       "to sum directly")
     try:
         cls = registry.load(part)
     except registry.PluginError as exc:
@@ -161,13 +165,13 @@ def _build_part(part: str, values: Mapping, mix_name: str) -> Objective:
         if part in registry.presets():
             hint = (f" '{part}' is a preset: list the objectives it sets (prefopt-plugins "
                     "shows its file)")
-        raise registry.PluginError(f"objective.parts: {exc}{hint}") from exc
+        raise MixError(f"objective.parts: {exc}{hint}") from exc
     if issubclass(cls, Mix):
-        raise ValueError(f"objective.parts: '{part}' is a mix itself; list its parts "
-                         "directly")
+        raise MixError(f"objective.parts: '{part}' is a mix itself; list its parts "
+                       "directly")
     if issubclass(cls, OnlineObjective):
-        raise ValueError(f"objective.parts: '{part}' is an online objective (it samples its "
-                         "own completions); a mix sums objectives on recorded batches")
+        raise MixError(f"objective.parts: '{part}' is an online objective (it samples its "
+                       "own completions); a mix sums objectives on recorded batches")
     config = _part_config(cls, part, values)
     try:
         return cls(config)
@@ -204,10 +208,10 @@ def _common_format(parts: dict[str, Objective]) -> BatchFormat:
     first, *others = parts
     for part in others:
         if parts[part].batch_format != parts[first].batch_format:
-            raise ValueError(f"objective.parts: '{first}' consumes "
-                             f"{parts[first].batch_format.value} records and '{part}' "
-                             f"{parts[part].batch_format.value} records; the parts of a mix "
-                             "share one batch, so they must consume one format")
+            raise MixError(f"objective.parts: '{first}' consumes "
+                           f"{parts[first].batch_format.value} records and '{part}' "
+                           f"{parts[part].batch_format.value} records; the parts of a mix "
+                           "share one batch, so they must consume one format")
     return parts[first].batch_format
 
 
@@ -217,16 +221,16 @@ def _combined_needs(parts: dict[str, Objective]) -> Needs:
     scorers = [part for part, n in needs.items() if n.reward_model]
     policies = [part for part, n in needs.items() if not n.reward_model]
     if scorers and policies:
-        raise ValueError(f"objective.parts: '{scorers[0]}' trains a reward model (its loss "
-                         f"reads scores) and '{policies[0]}' a policy (its loss reads "
-                         "log-probs); a run trains one model: mix reward-model objectives "
-                         "only with each other")
+        raise MixError(f"objective.parts: '{scorers[0]}' trains a reward model (its loss "
+                       f"reads scores) and '{policies[0]}' a policy (its loss reads "
+                       "log-probs); a run trains one model: mix reward-model objectives "
+                       "only with each other")
     values = {part: n.value_model for part, n in needs.items() if n.value_model is not None}
     kinds = list(dict.fromkeys(values.values()))  # distinct, in the parts' order
     if len(kinds) > 1:
         a, b = (next(p for p, v in values.items() if v == kind) for kind in kinds[:2])
-        raise ValueError(f"objective.parts: '{a}' asks for a {kinds[0].value} value model "
-                         f"and '{b}' for a {kinds[1].value} one; a run has one value model")
+        raise MixError(f"objective.parts: '{a}' asks for a {kinds[0].value} value model "
+                       f"and '{b}' for a {kinds[1].value} one; a run has one value model")
     return Needs(reference=any(n.reference for n in needs.values()),
                  token_logps=any(n.token_logps for n in needs.values()),
                  entropy=any(n.entropy for n in needs.values()),

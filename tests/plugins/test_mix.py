@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from prefopt import registry
 from prefopt.objective import PairwiseLogps, UnknownSettingError, UnpairedLogps
 from prefopt.plugins.dpo import DPO
-from prefopt.plugins.mix import Mix
+from prefopt.plugins.mix import Mix, MixError
 from prefopt.plugins.sft import SFT
 from prefopt.testing import check_objective
 
@@ -129,17 +129,17 @@ def test_a_part_sees_only_what_it_asked_for():
     ({"parts": ["dpo"], "weights": [-0.5]}, ValueError, r"the weight of 'dpo' is -0\.5"),
     ({"parts": ["dpo", "dpo"], "weights": [1.0, 1.0]}, ValueError,
      r"lists 'dpo' 2 times: list it once and add its weights"),
-    ({"parts": ["mix"], "weights": [1.0]}, ValueError, r"'mix' is the mix itself"),
-    ({"parts": ["dpo", "ppo"], "weights": [1.0, 1.0]}, ValueError,
+    ({"parts": ["mix"], "weights": [1.0]}, MixError, r"'mix' is the mix itself"),
+    ({"parts": ["dpo", "ppo"], "weights": [1.0, 1.0]}, MixError,
      r"'ppo' is an online objective"),
-    ({"parts": ["dpo", "kto"], "weights": [1.0, 1.0]}, ValueError,
+    ({"parts": ["dpo", "kto"], "weights": [1.0, 1.0]}, MixError,
      r"'dpo' consumes pairwise records and 'kto' unpaired records"),
-    ({"parts": ["reward_bt", "dpo"], "weights": [1.0, 1.0]}, ValueError,
+    ({"parts": ["reward_bt", "dpo"], "weights": [1.0, 1.0]}, MixError,
      r"'reward_bt' trains a reward model .* and 'dpo' a policy"),
-    ({"parts": ["dpo", "dpoo"], "weights": [1.0, 1.0]}, registry.PluginError,
+    ({"parts": ["dpo", "dpoo"], "weights": [1.0, 1.0]}, MixError,
      r"objective\.parts: unknown objective 'dpoo'\. Available objectives: .*\bsft\b.*"
      r"Did you mean 'dpo'\?"),
-    ({"parts": ["dpo", "rpo"], "weights": [1.0, 1.0]}, registry.PluginError,
+    ({"parts": ["dpo", "rpo"], "weights": [1.0, 1.0]}, MixError,
      r"unknown objective 'rpo'.* 'rpo' is a preset"),
     ({"settings": {"dpo": {"betaa": 1.0}}}, UnknownSettingError,
      r"objective\.settings\.dpo\.betaa: objective 'dpo' has no setting 'betaa' \(its "
@@ -171,8 +171,8 @@ def test_different_value_models_are_refused(monkeypatch):
 
     classes = {"shared_part": Shared, "separate_part": Separate}
     monkeypatch.setattr(registry, "load", lambda name: classes[name])
-    with pytest.raises(ValueError, match=r"'shared_part' asks for a shared value model and "
-                                         r"'separate_part' for a separate one"):
+    with pytest.raises(MixError, match=r"'shared_part' asks for a shared value model and "
+                                       r"'separate_part' for a separate one"):
         mix("shared_part", "separate_part")
 
 
