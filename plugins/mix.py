@@ -96,7 +96,9 @@ class Mix(Objective):
         self.batch_format = _common_format(self.parts)
         self._needs = _combined_needs(self.parts)
         self._part_needs = {part: objective.needs() for part, objective in self.parts.items()}
-        self.monitor = _monitor(parts[0], self.parts[parts[0]].monitor)
+        # Metrics go under the mix's entry-point name (the kit's rule for own metrics).
+        self.prefix = config.name or PREFIX
+        self.monitor = _monitor(self.prefix, parts[0], self.parts[parts[0]].monitor)
 
     def needs(self) -> Needs:
         return self._needs
@@ -122,12 +124,12 @@ class Mix(Objective):
             out = objective.loss(_view(inputs, self._part_needs[part]))
             problem = loss_output_problem(out, needs_grad=False)
             if problem:
-                raise registry.PluginError(f"objective 'mix', part '{part}': {problem}")
+                raise MixError(f"objective '{self.prefix}', part '{part}': {problem}")
             term = self.weights[part] * out.loss
             total = term if total is None else total + term
-            metrics[f"{PREFIX}/{part}/loss"] = out.loss.detach()
+            metrics[f"{self.prefix}/{part}/loss"] = out.loss.detach()
             for key, value in out.metrics.items():
-                metrics[f"{PREFIX}/{part}/{key}"] = value
+                metrics[f"{self.prefix}/{part}/{key}"] = value
                 if not key.startswith(f"{part}/"):  # the shared schema, not the part's own
                     shared.setdefault(key, value)
         return LossOutput(total, {**shared, **metrics})
@@ -255,10 +257,10 @@ def _view(inputs, needs: Needs):
     return dataclasses.replace(inputs, **hidden) if hidden else inputs
 
 
-def _monitor(part: str, monitor: tuple[str, str]) -> tuple[str, str]:
+def _monitor(prefix: str, part: str, monitor: tuple[str, str]) -> tuple[str, str]:
     """The first part's monitored metric, under the name the mix logs it: its loss and its
     own metrics under mix/<part>/, the shared schema and the module's metrics as they are."""
     metric, mode = monitor
     if metric == "loss" or metric.startswith(f"{part}/"):
-        return f"{PREFIX}/{part}/{metric}", mode
+        return f"{prefix}/{part}/{metric}", mode
     return metric, mode

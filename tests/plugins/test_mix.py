@@ -191,6 +191,28 @@ def test_unpaired_parts_mix():
     assert "rewards/accuracies" in out.metrics
 
 
+def test_a_part_breaking_the_contract_is_named():
+    class PerPair(SFT):
+        def loss(self, inputs):
+            out = super().loss(inputs)
+            out.loss = -inputs.chosen  # [B], not a scalar
+            return out
+
+    combined = mix("dpo", "sft")
+    combined.parts["sft"] = PerPair(SFT.Config(name="sft"))
+    with pytest.raises(MixError, match=r"objective 'mix', part 'sft': LossOutput\.loss must "
+                                       r"be a scalar tensor, got shape \[6\]"):
+        combined.loss(leaf_pairs())
+
+
+def test_parts_state_travels_with_the_mix():
+    combined = mix("kto", "bco")  # BCO keeps a running reward mean; KTO keeps nothing
+    state = {"bco": {"reward_mean": 0.75, "reward_count": 3}}
+    combined.load_state_dict(state)
+    assert combined.state_dict() == state
+    assert combined.parts["bco"].reward_mean.mean == 0.75
+
+
 @pytest.mark.slow
 def test_conforms_to_the_plugin_contract():
     ran = check_objective(Mix, "mix", configs=[
