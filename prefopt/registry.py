@@ -4,6 +4,8 @@ Built-in and third-party objectives are found the same way: an entry point
 `name = "package.module:Class"` in the group `prefopt.objectives` of a distribution's
 metadata. A distribution may also declare, in the group `prefopt.config_paths`, a package
 of Hydra configs (YAML presets under `objective/`) that joins Hydra's search path.
+prefopt's own presets (`conf/objective/*.yaml`, e.g. `rpo`) live in its primary config
+package `prefopt.conf`, which Hydra searches first anyway; they obey the same name rules.
 
 Lazy by design. The metadata of all distributions is read once (`_entry_points`, cached).
 Hydra sees group `objective` through `ObjectiveSource`, a config source that lists the
@@ -40,6 +42,7 @@ ENTRY_POINT_GROUP = "prefopt.objectives"
 # objectives, read from metadata here.
 REWARD_GROUP = "prefopt.rewards"
 CONFIG_PATH_GROUP = "prefopt.config_paths"
+BUILTIN_CONFIG_MODULE = "prefopt.conf"  # prefopt's own configs, presets included
 CONFIG_GROUP = "objective"
 SOURCE_SCHEME = "prefopt-objectives"
 REWARD_CONFIG_GROUP = "reward"
@@ -206,16 +209,34 @@ def config_paths() -> tuple[ConfigPath, ...]:
 
 
 @functools.cache
+def builtin_config_path() -> ConfigPath:
+    """prefopt's own config package, `prefopt-train`'s primary config (`pkg://prefopt.conf`,
+    first on every search path): its `objective/` holds the built-in presets. Located like
+    the plugins' config packages, without importing it; `prefopt.conf` may live outside
+    `prefopt/` (setuptools' package-dir maps it to `conf/`), so its own spec is asked."""
+    spec = importlib.util.find_spec(BUILTIN_CONFIG_MODULE)
+    version = importlib.metadata.version("prefopt")
+    return ConfigPath("prefopt", BUILTIN_CONFIG_MODULE, "prefopt", version,
+                      Path(next(iter(spec.submodule_search_locations))))
+
+
+@functools.cache
 def presets() -> dict[str, Preset]:
-    """Objective presets by name. A preset must not reuse a name: Hydra would pick one of
-    two same-named configs by search-path order, silently."""
+    """Objective presets by name: prefopt's built-in ones, then the config paths'. A preset
+    must not reuse a name: Hydra would pick one of two same-named configs by search-path
+    order, silently (a built-in one, in the primary config, always)."""
     objectives = discover()
     found: dict[str, Preset] = {}
-    for path in config_paths():
+    for path in (builtin_config_path(), *config_paths()):
         if path.directory is None:
             continue
         for file in sorted((path.directory / CONFIG_GROUP).glob("*.yaml")):
             name = file.stem
+            if name in objectives and path.module == BUILTIN_CONFIG_MODULE:
+                raise PluginError(f"the objective {objectives[name].origin} has the name of "
+                                  f"prefopt's built-in preset '{name}' ({file}), which "
+                                  f"`objective={name}` selects. Rename the objective's "
+                                  "entry point.")
             if name in objectives:
                 raise PluginError(f"the preset '{name}' ({file}) from {path.origin} has the "
                                   f"name of the objective {objectives[name].origin}. "
@@ -230,7 +251,8 @@ def presets() -> dict[str, Preset]:
 
 def clear_caches() -> None:
     """Forget what was read and loaded (tests that add distributions to sys.path)."""
-    for cached in (_entry_points, discover, discover_rewards, config_paths, presets, load):
+    for cached in (_entry_points, discover, discover_rewards, builtin_config_path, config_paths,
+                   presets, load):
         cached.cache_clear()
 
 
@@ -304,8 +326,16 @@ def load(name: str) -> type[Objective]:
 
 
 def config_node(cls: type[Objective], name: str):
-    """The structured config Hydra composes for `objective=<name>`."""
-    return OmegaConf.structured(cls.Config(name=name))
+    """The structured config Hydra composes for `objective=<name>`.
+
+    A field typed as a dict (`Dict[str, Any]`, e.g. mix's per-part `settings`) is open:
+    its keys are the user's, so `objective.settings.dpo.beta=0.2` adds one without a `+`;
+    the objective checks what it holds. Every other node refuses unknown keys."""
+    node = OmegaConf.structured(cls.Config(name=name))
+    for key in node:
+        if OmegaConf.get_type(node, key) is dict:
+            OmegaConf.set_struct(node[key], False)
+    return node
 
 
 def build(config: ObjectiveConfig) -> Objective:

@@ -269,4 +269,41 @@ def test_missing_config_path_warns(fake_dists):
     fake_dists("nopkg", {}, config_paths={"nopkg": "fakeplugin_nowhere.conf"})
     with pytest.warns(registry.PluginWarning, match=r"config path nopkg==1\.2\.3 .* is "
                                                     r"skipped: package 'fakeplugin_nowhere'"):
-        assert registry.presets() == {}
+        found = registry.presets()
+    assert {p.source.distribution for p in found.values()} == {"prefopt"}  # built-ins only
+
+
+# -- prefopt's own presets ----------------------------------------------------------------
+
+def test_builtin_presets_are_listed_from_prefopts_config(compose, capsys):
+    import prefopt.conf
+    from prefopt.training.cli import plugins_entry
+
+    rpo = registry.presets()["rpo"]
+    assert rpo.file == Path(prefopt.conf.__file__).parent / "objective" / "rpo.yaml"
+    assert (rpo.source.distribution, rpo.source.module) == ("prefopt", "prefopt.conf")
+    assert compose("objective=rpo").objective.name == "mix"
+    assert "(presets: rpo)" in registry.unknown_name_message("rpoo")
+    assert registry.unknown_objectives(["objective=rpo"]) == []
+    plugins_entry([])
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("rpo "))
+    assert row.split()[1:4] == ["prefopt", "0.1.0", "preset"]
+
+
+def test_third_party_preset_named_like_a_builtin_preset_is_an_error(fake_dists):
+    fake_dists("copycat", {}, config_paths={"copycat": "fakeplugin_copycat.conf"},
+               files={"fakeplugin_copycat/__init__.py": "",
+                      "fakeplugin_copycat/conf/objective/rpo.yaml": "beta: 9.0\n"})
+    with pytest.raises(registry.PluginError, match=r"two distributions ship the preset 'rpo': "
+                                                   r"prefopt==0\.1\.0 \(prefopt = prefopt\.conf\)"
+                                                   r" .*rpo\.yaml\) and copycat==1\.2\.3"):
+        registry.presets()
+
+
+def test_third_party_objective_named_like_a_builtin_preset_is_an_error(fake_dists):
+    fake_dists("rpo-dist", {"rpo": "fakeplugin_rpo:Hinge"}, {"fakeplugin_rpo": GOOD_PLUGIN})
+    with pytest.raises(registry.PluginError, match=r"the objective rpo-dist==1\.2\.3 \(rpo = "
+                                                   r"fakeplugin_rpo:Hinge\) has the name of "
+                                                   r"prefopt's built-in preset 'rpo'"):
+        registry.presets()

@@ -73,7 +73,7 @@ def test_every_builtin_is_checked():
 ONLINE = {"reinforce", "ppo"}
 # Objectives whose own test file, tests/plugins/test_<name>.py, runs the kit on them.
 CHECKED_IN_THEIR_OWN_TESTS = {"orpo", "cpo", "slic", "robust_dpo", "bco", "nca", "apo", "sppo",
-                              "exo", "discopop", "aot"}
+                              "exo", "discopop", "aot", "mix"}
 
 
 @pytest.mark.parametrize("name", sorted(CHECKED_IN_THEIR_OWN_TESTS))
