@@ -3,6 +3,14 @@
 Both training modules log through `MetricLog`: the objective's metrics (per-example
 tensors or scalars) become one mean per name over the global batch, a NaN on any device
 stops every device together, and Lightning gets values it only has to record.
+
+The finiteness check reads the means back from the device, which on an accelerator makes
+the host wait for the step's work to finish. On the CPU that is free and every logged batch
+is checked at once; on an accelerator the checks are batched: one read-back every
+`FINITE_CHECK_EVERY` logged batches, and always before a validation begins, when it ends
+(before its checkpoints are written) and when training ends. A NaN then stops the run with
+the same message (the first non-finite metric, its stage and step), at most
+`FINITE_CHECK_EVERY - 1` batches later, and never after a checkpoint of the broken weights.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import torch
 
 # Shown in the progress bar; the rest goes to the loggers only.
 PROGRESS_BAR_METRICS = ("loss", "rewards/accuracies")
+# Logged batches per finiteness read-back on an accelerator (the CPU checks every one).
+FINITE_CHECK_EVERY = 10
 
 
 class NonFiniteError(FloatingPointError):
@@ -115,8 +125,14 @@ def _non_finite_hint(stage: str, step: int, objective: str, precision: str | Non
 class MetricLog:
     """Logs a module's metrics under `train/` or `val/`, the same on every device."""
 
-    def __init__(self):
+    def __init__(self, check_every: int | None = None):
+        """`check_every`: logged batches per finiteness read-back; None: 1 on the CPU,
+        `FINITE_CHECK_EVERY` on an accelerator."""
         self.known: dict[str, list[str]] = {}  # per stage: names agreed across devices
+        self.check_every = check_every
+        # Means not yet checked: (names, their stacked values, stage, step, objective,
+        # precision) per logged batch, oldest first.
+        self._unchecked: list[tuple] = []
 
     def log(self, module: pl.LightningModule, metrics: Mapping[str, torch.Tensor], stage: str,
             weights: Mapping[str, int], n_groups: int) -> None:
@@ -129,9 +145,15 @@ class MetricLog:
                                         self.known.setdefault(stage, []), module._trainer,
                                         module.device)
         objective = getattr(getattr(module, "objective", None), "config", None)
-        check_finite({name: mean for name, (mean, _) in reduced.items()}, stage,
-                     module.global_step, objective=getattr(objective, "name", ""),
-                     precision=getattr(module._trainer, "precision", None))
+        if reduced:
+            values = torch.stack([mean.float() for mean, _ in reduced.values()])
+            self._unchecked.append((list(reduced), values, stage, module.global_step,
+                                    getattr(objective, "name", ""),
+                                    getattr(module._trainer, "precision", None)))
+            every = self.check_every or (1 if values.device.type == "cpu"
+                                         else FINITE_CHECK_EVERY)
+            if len(self._unchecked) >= every:
+                self.check()
         on_step = stage == "train"
         for name, (mean, weight) in reduced.items():
             # Already the global batch's value on every device: train/ values are those of
@@ -142,3 +164,16 @@ class MetricLog:
             module.log(f"{stage}/{name}", mean, batch_size=weight, on_step=on_step,
                        on_epoch=not on_step, sync_dist=not on_step,
                        prog_bar=name in PROGRESS_BAR_METRICS)
+
+    def check(self) -> None:
+        """Raise NonFiniteError for the oldest logged batch with a non-finite mean (as
+        `check_finite` words it); one read-back from the device for all of them."""
+        if not self._unchecked:
+            return
+        unchecked, self._unchecked = self._unchecked, []
+        finite = torch.stack([torch.isfinite(values).all()
+                              for _, values, *_ in unchecked]).tolist()
+        for ok, (names, values, stage, step, objective, precision) in zip(finite, unchecked):
+            if not ok:
+                check_finite(dict(zip(names, values)), stage, step, objective=objective,
+                             precision=precision)

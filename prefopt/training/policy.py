@@ -85,6 +85,18 @@ class PolicyModule(pl.LightningModule):
              n_groups: int) -> None:
         self.metric_log.log(self, metrics, stage, weights, n_groups)
 
+    # The finiteness checks an accelerator batches (`MetricLog`) are all made before a
+    # validation starts, when it ends (before its checkpoints are written) and when
+    # training ends (before the final checkpoint and export).
+    def on_validation_epoch_start(self) -> None:
+        self.metric_log.check()
+
+    def on_validation_epoch_end(self) -> None:
+        self.metric_log.check()
+
+    def on_train_end(self) -> None:
+        self.metric_log.check()
+
     # -- optimisation ------------------------------------------------------------------
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -23,19 +24,22 @@ from rich.console import Console
 from rich.table import Table
 
 from prefopt import reference_cache, registry
-from prefopt.data.datamodule import PreferenceDataModule, attribute_schema
+from prefopt.data.datamodule import PreferenceDataModule, attribute_schema, load_splits
 from prefopt.data.output import write_atomically
 from prefopt.data.prompts import PromptDataModule
-from prefopt.models import build_policy, build_tokenizer, exportable, make_reference, uses_lora
+from prefopt.models import build_policy, build_tokenizer, make_reference, uses_lora
 from prefopt.objective import FORMATS, Needs, Objective, OnlineObjective, unfeedable
 from prefopt.online.module import OnlineModule
 from prefopt.online.rewards import build_reward
 from prefopt.training import rundir
 from prefopt.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from prefopt.training.config import ConfigError
+from prefopt.training.export import RunFacts, export
 from prefopt.training.module import PreferenceModule
 from prefopt.training.plots import plot_curves
-from prefopt.training.progress import StepProgressBar
+from prefopt.training.progress import PROGRESS_BARS, StepProgressBar, StepTQDMProgressBar
+from prefopt.training.samples import SAMPLES_FILE, SamplesConfig, SampleWriter, samples_problem
+from prefopt.training.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,8 @@ def check_settings(cfg: DictConfig) -> None:
     if lr == 0:
         log.warning("optimizer.lr=0: the policy's weights will not change during this run; "
                     "set optimizer.lr=<rate> to train it")
+    _progress_bar_choice(cfg)
+    samples_config(cfg)
     interval = cfg.trainer.get("val_check_interval")
     if interval is not None and (isinstance(interval, bool)
                                  or not isinstance(interval, (int, float)) or interval <= 0):
@@ -200,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     a directory that holds a run; a resume is refused if `cfg` changes a setting the run
     must keep (`rundir.check_resume`), and writes nothing into the run until its settings
     and its checkpoint passed every check (`_Commit`)."""
+    started = time.perf_counter()
     check_settings(cfg)
     out = Path(cfg.output_dir)
     if rank_zero_only.rank == 0:
@@ -227,7 +234,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
         with warnings.catch_warnings():
             _quiet_expected_warnings()
-            return _fit(cfg, out, module, datamodule, tokenizer, files)
+            return _fit(cfg, out, module, datamodule, tokenizer, files, started)
 
 
 def _check_cacheable(objective, needs) -> None:
@@ -274,8 +281,8 @@ def attach_cached_reference(cfg: DictConfig, module: PreferenceModule,
     return used
 
 
-def _fit(cfg, out: Path, module, datamodule, tokenizer,
-         files: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+def _fit(cfg, out: Path, module, datamodule, tokenizer, files: dict[str, str] | None = None,
+         started: float | None = None) -> dict[str, dict[str, float]]:
     """Fit and report. `files` (name: text) are written into `out` once the run is known
     to start: before the first validation of a new run, right before fitting for a
     resume whose checkpoint was checked (which also sets the earlier metrics.csv aside
@@ -299,8 +306,11 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer,
     plugins = list(plugins) if isinstance(plugins, (list, tuple, ListConfig)) else [plugins]
     trainer_args["plugins"] = [*plugins, AtomicCheckpointIO()]
     commit = _Commit(out, files or {}, resume)
+    throughput = Throughput()
     trainer = pl.Trainer(**trainer_args, default_root_dir=str(out), logger=loggers,
                          callbacks=[checkpoints, LastCheckpoint(out / "checkpoints"), commit,
+                                    throughput, *_sample_writer(cfg, out, module, datamodule,
+                                                                tokenizer),
                                     *_progress_bar(cfg)])
     # Sharded parameters (FSDP, DeepSpeed ZeRO-3) are not whole on any one process outside
     # a step: saving them as policy/ would write a wrong model.
@@ -331,13 +341,14 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer,
 
     if trainer.is_global_zero:
         if cfg.export_policy:
-            exportable(module.policy).save_pretrained(out / "policy")
-            tokenizer.save_pretrained(out / "policy")
-            schema = getattr(module, "schema", None)  # attributed records only
-            if schema is not None:  # prefopt-generate / prefopt-label read it
-                schema.save(out / "policy")
+            export(out, module.policy, tokenizer, _run_facts(cfg, module, datamodule, end,
+                                                             trainer.global_step),
+                   schema=getattr(module, "schema", None))  # attributed records only
+        # This process's figures: a resume counts from its own start.
+        runtime = time.perf_counter() - started if started is not None else None
         _write_json(out / "summary.json", {"start": start, "end": end,
-                                           "steps": trainer.global_step})
+                                           "steps": trainer.global_step, "runtime_s": runtime,
+                                           **throughput.totals()})
         for logger in trainer.loggers:
             logger.finalize("success")  # flush metrics.csv before drawing from it
         if earlier:
@@ -349,12 +360,85 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer,
 
 
 def _progress_bar(cfg: DictConfig) -> list[pl.Callback]:
-    """Lightning's Rich bar when asked for; none means Lightning's own (tqdm) bar."""
-    if cfg.progress_bar == "rich" and cfg.trainer.get("enable_progress_bar", True):
+    """The bar `progress_bar` names (rich or tqdm); none with trainer.enable_progress_bar=false.
+    Always given explicitly: left to choose, Lightning picks Rich whenever it is installed."""
+    choice = _progress_bar_choice(cfg)
+    if not cfg.trainer.get("enable_progress_bar", True):
+        return []
+    if choice == "rich":
         # 4 redraws a second, as Rich itself defaults to; Lightning asks 100, and on two
         # cores the redrawing thread then costs a third of the training speed.
         return [StepProgressBar(refresh_rate=4, leave=True)]
-    return []
+    # Every 10th batch: each redraw also reads the bar's metrics off the device.
+    return [StepTQDMProgressBar(refresh_rate=10, leave=True)]
+
+
+def _progress_bar_choice(cfg: DictConfig) -> str:
+    choice = getattr(cfg.progress_bar, "value", cfg.progress_bar)  # an enum, or plain text
+    if choice not in PROGRESS_BARS:
+        raise ConfigError(f"progress_bar={choice!r} is not a progress bar; set "
+                          "progress_bar=rich or progress_bar=tqdm (or "
+                          "trainer.enable_progress_bar=false for none)")
+    return choice
+
+
+def samples_config(cfg: DictConfig) -> SamplesConfig:
+    """`cfg.samples`, checked (its defaults where the config has no `samples`)."""
+    node = OmegaConf.to_container(cfg.samples) if cfg.get("samples") is not None else {}
+    known = [f.name for f in dataclasses.fields(SamplesConfig)]
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"samples.{key}: no such setting; samples has "
+                              f"{', '.join(known)}")
+    samples = SamplesConfig(**node)
+    problem = samples_problem(samples)
+    if problem:
+        raise ConfigError(problem)
+    return samples
+
+
+def _sample_writer(cfg: DictConfig, out: Path, module, datamodule, tokenizer
+                   ) -> list[pl.Callback]:
+    """The writer of samples.jsonl, for a policy trained on recorded data (not a reward
+    model, nor an online objective, which logs its own samples' rewards)."""
+    samples = samples_config(cfg)
+    if samples.count == 0 or not isinstance(datamodule, PreferenceDataModule) \
+            or module.needs.reward_model:
+        return []
+    records = load_splits(datamodule.cfg, datamodule.fmt, datamodule.seed)["val"]
+    prompts = [record.prompt for record in records[:samples.count]]
+    return [SampleWriter(out / SAMPLES_FILE, prompts, tokenizer, samples.max_new_tokens,
+                         datamodule.cfg, schema=datamodule.schema)]
+
+
+def _run_facts(cfg: DictConfig, module, datamodule, end: dict[str, float], steps: int
+               ) -> RunFacts:
+    """What the exported policy's model card says about this run."""
+    model = cfg.model
+    if model.name_or_path:
+        base = f"`{model.name_or_path}`" + (f" (revision {model.revision})"
+                                             if model.revision else "")
+    else:
+        base = ("prefopt's built-in tiny Llama (`prefopt.tiny`: random weights, "
+                f"seed={cfg.seed}; model.tiny: {OmegaConf.to_container(model.tiny)})")
+    data = {"source": f"`{cfg.data.path}`" if cfg.data.get("path")
+            else "prefopt's built-in synthetic task (`prefopt.data.synthetic`)"}
+    if cfg.data.get("val_path"):
+        data["validation source"] = f"`{cfg.data.val_path}`"
+    data.update({f"{split} records": report.summary()
+                 for split, report in getattr(datamodule, "reports", {}).items()})
+    return RunFacts(base_model=base, objective=OmegaConf.to_container(cfg.objective,
+                                                                      resolve=True),
+                    data=data, metrics=end, steps=steps, command=_overrides())
+
+
+def _overrides() -> list[str]:
+    """The command line's overrides, where Hydra ran this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
 
 
 def _resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:

@@ -29,6 +29,41 @@ def test_lora_run_holds_one_copy_and_exports_merged(compose, fast_overrides, tmp
     assert sum(p.numel() for p in exported.parameters()) == n_base
 
 
+@pytest.mark.slow
+def test_lora_run_exports_the_adapter_alone_too(compose, fast_overrides, tmp_path, tokenizer):
+    """policy-adapter/ on the run's base model computes what the merged policy/ does; each
+    export has a model card naming the objective and the final metrics."""
+    import peft
+    import pytorch_lightning as pl
+
+    from prefopt.training.train import train
+
+    result = train(compose("model.lora.r=4", "optimizer.lr=0.05", *fast_overrides))
+    run = tmp_path / "run"
+    pl.seed_everything(0)  # the run's seed: the base model's weights are drawn first
+    base = build_policy(ModelConfig(), tokenizer)
+    adapted = peft.PeftModel.from_pretrained(base, run / "policy-adapter")
+    merged = AutoModelForCausalLM.from_pretrained(run / "policy")
+    assert sorted(p.name for p in (run / "policy-adapter").iterdir()
+                  if p.suffix in (".json", ".safetensors")) == [
+        "adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+        "tokenizer_config.json"]
+    ids = torch.tensor([[1, 5, 40, 41, 42, 2]])
+    with torch.no_grad():
+        logits = adapted(ids).logits
+        with adapted.disable_adapter():  # the adapter did train: it changes the logits
+            assert not torch.allclose(adapted(ids).logits, logits, atol=1e-4)
+        torch.testing.assert_close(merged(ids).logits, logits, rtol=1e-4, atol=1e-5)
+
+    accuracy = result["end"]["val/rewards/accuracies"]
+    for folder in ("policy", "policy-adapter"):
+        card = (run / folder / "README.md").read_text()
+        assert "objective: `dpo`" in card and "beta: 0.1" in card
+        assert f"| `val/rewards/accuracies` | {accuracy:.4f} |" in card
+        assert "optimizer steps: 2" in card
+    assert "PeftModel.from_pretrained" in (run / "policy-adapter" / "README.md").read_text()
+
+
 def test_merged_export_computes_what_the_adapted_policy_did(tokenizer, tmp_path):
     from prefopt.models import exportable
 

@@ -75,3 +75,33 @@ def test_non_finite_after_steps_suggests_what_fits(precision, suggests_32):
                               "objective 'ipo', after 12 optimizer steps: try a lower "
                               "optimizer.lr")
     assert ("trainer.precision=32-true (this run uses bf16-mixed)" in message) == suggests_32
+
+
+def test_batched_finiteness_checks_stop_with_the_first_bad_batchs_message():
+    """Every 3rd logged batch is checked: a NaN at step 1 passes the log of step 1 and
+    stops the run at the 3rd log, named as an immediate check would have named it."""
+    module, log = _Recorder(), MetricLog(check_every=3)
+    module.global_step = 0
+    log.log(module, {"loss": torch.tensor(0.5)}, "train", {}, 2)
+    module.global_step = 1
+    log.log(module, {"loss": torch.tensor(0.4), "x": torch.tensor([1.0, float("nan")])},
+            "train", {}, 2)
+    assert module.logged["train/x"][0] != module.logged["train/x"][0]  # logged: NaN
+    module.global_step = 2
+    with pytest.raises(NonFiniteError, match=r"^train/x became nan at step 1; stopping"):
+        log.log(module, {"loss": torch.tensor(float("inf"))}, "train", {}, 2)
+
+
+def test_a_pending_check_is_made_on_demand_and_only_once():
+    module, log = _Recorder(), MetricLog(check_every=10)
+    module.global_step = 4
+    log.log(module, {"loss": torch.tensor(float("inf"))}, "val", {}, 2)
+    with pytest.raises(NonFiniteError, match=r"^val/loss became inf at step 4"):
+        log.check()
+    log.check()  # reported: nothing is left to check
+
+
+def test_the_cpu_checks_every_batch_by_default():
+    module = _Recorder()
+    with pytest.raises(NonFiniteError, match=r"^train/loss became nan at step 0"):
+        MetricLog().log(module, {"loss": torch.tensor(float("nan"))}, "train", {}, 2)

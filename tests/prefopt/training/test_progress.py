@@ -2,7 +2,13 @@
 
 import types
 
-from prefopt.training.progress import StepProgressBar
+import pytest
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+
+from prefopt.training.config import ConfigError
+from prefopt.training.progress import StepProgressBar, StepTQDMProgressBar, step_description
 from prefopt.training.train import _progress_bar
 
 
@@ -21,16 +27,41 @@ def test_description_with_bounded_epochs_and_no_step_limit():
     assert _described(max_epochs=5, max_steps=-1, global_step=7) == "Epoch 3/4"
 
 
-def test_rich_is_the_default_tqdm_or_disabled_leave_lightnings(compose):
+def test_tqdm_bar_counts_steps_too():
+    trainer = types.SimpleNamespace(max_epochs=-1, max_steps=1800, global_step=1200)
+    assert step_description(trainer, 3) == "Epoch 3 · step 1200/1800"
+
+
+def test_rich_is_the_default_tqdm_on_request_none_when_disabled(compose):
     bars = _progress_bar(compose())
     assert [type(c) for c in bars] == [StepProgressBar]
     assert bars[0].refresh_rate == 4  # redraws a second: Lightning's 100 cost a core
-    assert _progress_bar(compose("progress_bar=tqdm")) == []
+    assert [type(c) for c in _progress_bar(compose("progress_bar=tqdm"))] == \
+        [StepTQDMProgressBar]
     assert _progress_bar(compose("trainer.enable_progress_bar=false")) == []
 
 
+def test_the_trainer_shows_the_bar_asked_for(compose):
+    """Lightning picks Rich itself when no bar is given: tqdm must be given explicitly."""
+    def shown(*overrides):
+        bar = pl.Trainer(callbacks=_progress_bar(compose(*overrides)), logger=False,
+                         enable_checkpointing=False).progress_bar_callback
+        return bar
+
+    tqdm = shown("progress_bar=tqdm")
+    assert isinstance(tqdm, TQDMProgressBar) and not isinstance(tqdm, RichProgressBar)
+    assert isinstance(shown(), RichProgressBar)
+
+
+def test_a_progress_bar_outside_the_schema_is_refused_by_name():
+    """A config that did not come through the schema (train() called directly)."""
+    cfg = OmegaConf.create({"progress_bar": "fancy", "trainer": {}})
+    with pytest.raises(ConfigError, match=r"^progress_bar='fancy' is not a progress bar; set "
+                                          r"progress_bar=rich or progress_bar=tqdm"):
+        _progress_bar(cfg)
+
+
 def test_unknown_progress_bar_is_an_error(compose):
-    import pytest
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException) as err:

@@ -158,3 +158,33 @@ def test_a_learning_rate_of_zero_warns_and_a_negative_one_is_refused(compose, ca
     assert "optimizer.lr=0: the policy's weights will not change during this run" in caplog.text
     with pytest.raises(ConfigError, match=r"^optimizer.lr=-0.1: a learning rate must be >= 0"):
         train.check_settings(compose("optimizer.lr=-0.1"))
+
+
+def test_a_run_logs_throughput_and_samples_and_reports_its_runtime(compose, fast_overrides,
+                                                                    tmp_path):
+    """perf/* every step; runtime and mean tokens/s in summary.json; the policy's answers to
+    the first validation prompts at every validation step (0 before training, then 2)."""
+    import json
+
+    from prefopt.data.datamodule import load_splits
+
+    cfg = compose(*fast_overrides)
+    train.train(cfg)
+    run = tmp_path / "run"
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["perf/tokens_per_sec"]]
+    assert [int(r["step"]) for r in rows] == [0, 1]  # logged at every step
+    assert all(float(r["perf/tokens_per_sec"]) > 0 and 0 <= float(r["perf/padding"]) < 1
+               for r in rows)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["runtime_s"] > summary["train_seconds"] > 0
+    # Two steps of 4 pairs: 16 rows, each with at least its prompt's tokens and one more.
+    assert summary["train_tokens"] >= 16 * 2
+    assert summary["tokens_per_sec"] == pytest.approx(
+        summary["train_tokens"] / summary["train_seconds"])
+    val = load_splits(train.OmegaConf.to_object(cfg.data), "pairwise", cfg.seed)["val"]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["prompt"]) for s in samples] == [
+        (step, record.prompt) for step in (0, 2) for record in val[:4]]
+    assert all(isinstance(s["completion"], str) for s in samples)
+

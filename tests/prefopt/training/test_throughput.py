@@ -1,0 +1,55 @@
+"""Throughput: a step's non-padding tokens over its wall time, its padding share, and the
+run's mean over training-step time only."""
+
+import pytest
+import torch
+
+from prefopt.training import throughput
+from prefopt.training.throughput import Throughput
+
+
+class _Module:
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = float(value)
+
+
+def _batch(lengths, width):
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return {"attention_mask": mask, "input_ids": torch.zeros_like(mask)}
+
+
+def test_tokens_per_second_padding_and_the_mean(monkeypatch):
+    clock = iter([10.0, 10.5, 11.5, 20.0, 20.25])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    callback, module = Throughput(), _Module()
+
+    callback.on_train_batch_start(None, module, _batch([3, 5], 8), 0)  # t = 10
+    callback.on_train_batch_end(None, module, None, _batch([3, 5], 8), 0)  # t = 10.5
+    # 8 tokens in 0.5 s; 16 slots, 8 of them padding.
+    assert module.logged == {"perf/tokens_per_sec": pytest.approx(16.0),
+                             "perf/padding": pytest.approx(0.5)}
+    # The next step runs from the end of this one: data loading counts.
+    callback.on_train_batch_start(None, module, _batch([4, 4, 4], 4), 1)
+    callback.on_train_batch_end(None, module, None, _batch([4, 4, 4], 4), 1)  # t = 11.5
+    assert module.logged == {"perf/tokens_per_sec": pytest.approx(12.0),
+                             "perf/padding": pytest.approx(0.0)}
+    # A validation in between does not count as training time.
+    callback.on_validation_start(None, module)
+    callback.on_train_batch_start(None, module, _batch([1], 2), 2)  # t = 20
+    callback.on_train_batch_end(None, module, None, _batch([1], 2), 2)  # t = 20.25
+    assert module.logged["perf/tokens_per_sec"] == pytest.approx(4.0)
+    assert callback.totals() == {"train_tokens": 8 + 12 + 1,
+                                 "train_seconds": pytest.approx(0.5 + 1.0 + 0.25),
+                                 "tokens_per_sec": pytest.approx(21 / 1.75)}
+
+
+def test_prompt_batches_log_nothing():
+    callback, module = Throughput(), _Module()
+    callback.on_train_batch_start(None, module, {"prompts": ["a"]}, 0)
+    callback.on_train_batch_end(None, module, None, {"prompts": ["a"]}, 0)
+    assert module.logged == {} and callback.totals()["train_tokens"] == 0
