@@ -16,10 +16,8 @@ devices), the current batch included, detached: no gradient flows through δ. Va
 batches read δ without moving it. δ starts at 0.
 
 δ is training state. `state_dict()` / `load_state_dict()` carry it (the running mean and
-how many rewards it averages), in the form an objective's checkpointed state takes
-(`OnlineObjective`); the offline training module does not checkpoint an objective's state
-today, so a resumed run restarts δ from 0 and its first resumed batch, which the running
-mean then absorbs. docs/objectives.md says more.
+how many rewards it averages); the training modules save it in every checkpoint, so a
+resumed run continues with the δ it had.
 
 `rewards/accuracies`: the share of completions on the right side of δ (desirable: r > δ;
 undesirable: r < δ; exactly at it: ½). `bco/delta` is δ.

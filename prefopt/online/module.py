@@ -30,9 +30,6 @@ from prefopt.rl import KLEstimator, kl_estimate
 from prefopt.training import optim
 from prefopt.training.policy import PolicyModule
 
-_STATE_KEY = "prefopt_objective_state"
-
-
 class OnlineModule(PolicyModule):
     def __init__(self, policy, reference, objective: OnlineObjective, optimizer, scheduler,
                  tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
@@ -231,8 +228,3 @@ class OnlineModule(PolicyModule):
         if hasattr(self.reward, "to"):
             self.reward.to(self.device)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[_STATE_KEY] = self.objective.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.objective.load_state_dict(checkpoint.get(_STATE_KEY, {}))

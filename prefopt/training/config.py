@@ -22,6 +22,7 @@ from prefopt.models import ModelConfig
 from prefopt.online.rewards import RewardConfig
 from prefopt.online.rollout import RolloutConfig
 from prefopt.training.optim import OptimizerConfig, SchedulerConfig
+from prefopt.training.samples import SamplesConfig
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,9 @@ class TrainConfig:
     """The progress bar while training, when trainer.enable_progress_bar is true."""
     export_policy: bool = True
     """Save the final policy and tokenizer to <output_dir>/policy with save_pretrained."""
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    """Offline objectives: greedy completions of the first validation prompts at every
+    validation, into <output_dir>/samples.jsonl (samples.count=0: none)."""
 
 
 # Keys that only one option of a config group uses: given without choosing the group,

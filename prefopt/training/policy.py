@@ -21,6 +21,9 @@ from prefopt.registry import PluginError
 from prefopt.training import optim
 from prefopt.training.metrics import MetricLog
 
+# Where a checkpoint keeps the objective's own training state (`Objective.state_dict`).
+OBJECTIVE_STATE_KEY = "prefopt_objective_state"
+
 
 class PolicyModule(pl.LightningModule):
     def __init__(self, policy, reference, objective: Objective, optimizer: optim.OptimizerConfig,
@@ -96,6 +99,14 @@ class PolicyModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self.metric_log.check()
+
+    # An objective's training state (PPO's adaptive KL coefficient, BCO's running reward
+    # mean) travels in the checkpoint, so a resumed run continues from it.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[OBJECTIVE_STATE_KEY] = self.objective.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.objective.load_state_dict(checkpoint.get(OBJECTIVE_STATE_KEY, {}))
 
     # -- optimisation ------------------------------------------------------------------
 

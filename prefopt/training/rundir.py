@@ -45,6 +45,7 @@ RESUMABLE = (
     "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
     "trainer.log_every_n_steps", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.num_sanity_val_steps", "trainer.accelerator",
+    "samples",
 )
 
 

@@ -97,3 +97,16 @@ def test_samples_settings_are_checked_and_zero_turns_them_off():
     with pytest.raises(ConfigError, match=r"^samples.cuont: no such setting; samples has "
                                           r"count, max_new_tokens"):
         samples_config(cfg(cuont=2))
+
+
+def test_samples_are_settings_of_prefopt_train(compose):
+    # The schema declares them: count=0 composes, a typo is refused naming it.
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigKeyError
+
+    from prefopt.training.samples import SamplesConfig
+
+    assert samples_config(compose("samples.count=0")) == SamplesConfig(count=0)
+    assert samples_config(compose()) == SamplesConfig(count=4, max_new_tokens=16)
+    with pytest.raises((ConfigCompositionException, ConfigKeyError), match="cout"):
+        compose("samples.cout=1")
