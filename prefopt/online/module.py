@@ -30,6 +30,7 @@ from prefopt.rl import KLEstimator, kl_estimate
 from prefopt.training import optim
 from prefopt.training.policy import PolicyModule
 
+
 class OnlineModule(PolicyModule):
     def __init__(self, policy, reference, objective: OnlineObjective, optimizer, scheduler,
                  tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
