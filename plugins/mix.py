@@ -109,8 +109,8 @@ class Mix(Objective):
 
     def state_dict(self) -> dict:
         """The parts' training state (e.g. BCO's running reward mean), by part."""
-        return {part: objective.state_dict() for part, objective in self.parts.items()
-                if hasattr(objective, "state_dict")}
+        return {part: state for part, objective in self.parts.items()
+                if (state := objective.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         for part, part_state in state.items():

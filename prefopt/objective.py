@@ -7,7 +7,8 @@ An objective is a subclass of `Objective` with
   it refuses settings it does not declare;
 - `batch_format`: which records it consumes (`BatchFormat`);
 - `needs()`: what the training module must compute for it (`Needs`);
-- `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities.
+- `loss(inputs) -> LossOutput`: pure tensor math over log-probabilities;
+- optionally `state_dict()` / `load_state_dict()`: training state kept in checkpoints.
 
 It is published under the entry-point group `prefopt.objectives`; the built-ins are
 registered there too (pyproject.toml), so there is one code path for both.
@@ -314,6 +315,15 @@ class Objective(abc.ABC):
         """Look at the encoded training data once before training (e.g. to warn about class
         balance). The default accepts anything."""
 
+    def state_dict(self) -> dict:
+        """State that changes during training (a running mean, an adaptive coefficient):
+        the training modules save it in every checkpoint and give it back to
+        `load_state_dict` on resume. Plain Python values or tensors; none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` returned ({} when resuming a run saved without)."""
+
     @abc.abstractmethod
     def loss(self, inputs) -> LossOutput:
         """The loss and metrics of one batch (pure tensor math, no model calls).
@@ -351,13 +361,6 @@ class OnlineObjective(Objective):
         """Called once a rollout's optimisation is done (e.g. an adaptive KL coefficient
         updates here); returns metrics to log."""
         return {}
-
-    def state_dict(self) -> dict:
-        """State that changes during training (saved in checkpoints, for resume)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
