@@ -421,14 +421,21 @@ def _run_facts(cfg: DictConfig, module, datamodule, end: dict[str, float], steps
     else:
         base = ("prefopt's built-in tiny Llama (`prefopt.tiny`: random weights, "
                 f"seed={cfg.seed}; model.tiny: {OmegaConf.to_container(model.tiny)})")
-    data = {"source": f"`{cfg.data.path}`" if cfg.data.get("path")
-            else "prefopt's built-in synthetic task (`prefopt.data.synthetic`)"}
+    if cfg.data.get("path"):
+        data = {"source": f"`{cfg.data.path}`"}
+    elif cfg.data.get("mix"):
+        data = {"source": "a mixture: " + ", ".join(
+            f"`{part.path}` (weight {part.weight})" for part in cfg.data.mix)}
+    else:
+        data = {"source": "prefopt's built-in synthetic task (`prefopt.data.synthetic`)"}
     if cfg.data.get("val_path"):
         data["validation source"] = f"`{cfg.data.val_path}`"
     data.update({f"{split} records": report.summary()
                  for split, report in getattr(datamodule, "reports", {}).items()})
-    return RunFacts(base_model=base, objective=OmegaConf.to_container(cfg.objective,
-                                                                      resolve=True),
+    # enum_to_str: the objective's enum settings (sft's average, AOT's form) as their
+    # names, which YAML can write.
+    return RunFacts(base_model=base, objective=OmegaConf.to_container(
+                        cfg.objective, resolve=True, enum_to_str=True),
                     data=data, metrics=end, steps=steps, command=_overrides())
 
 
