@@ -66,9 +66,3 @@ class PairwiseRatioObjective(Objective):
         metrics.update({key: value.detach() for key, value in own.items()})
         return LossOutput(losses.mean(), metrics)
 
-
-def chosen_nll(inputs: PairwiseLogps) -> torch.Tensor:
-    """-Σ log π(y_w|x) / Σ |y_w| over the batch: the per-token negative log-likelihood of
-    the preferred completions, every token weighing the same (SFT's `average=token`). A
-    batch without a completion token gives 0, not 0/0."""
-    return -inputs.chosen.sum() / inputs.chosen_tokens.sum().clamp(min=1)

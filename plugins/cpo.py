@@ -32,9 +32,10 @@ from prefopt.objective import (
     ObjectiveConfig,
     PairwiseLogps,
     preference_metrics,
+    require_non_negative,
     require_positive,
 )
-from prefopt.plugins._pairwise import chosen_nll
+from prefopt.plugins.sft import chosen_nll
 
 
 class CPO(Objective):
@@ -53,8 +54,7 @@ class CPO(Objective):
     def __init__(self, config: Config):
         super().__init__(config)
         require_positive(config, "beta")
-        if not config.nll_weight >= 0:
-            raise ValueError(f"objective.nll_weight must be >= 0, got {config.nll_weight}")
+        require_non_negative(config, "nll_weight")
 
     def needs(self) -> Needs:
         return Needs(reference=False)

@@ -39,8 +39,8 @@ from prefopt.objective import (
     preference_metrics,
     require_positive,
 )
-from prefopt.plugins._pairwise import chosen_nll
 from prefopt.plugins.dpo import per_token_mean
+from prefopt.plugins.sft import chosen_nll
 
 # ℓ is capped here: log(1 - e^ℓ) is -∞ at ℓ = 0.
 _MAX_MEAN_LOGP = -1e-6

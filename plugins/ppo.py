@@ -44,6 +44,7 @@ from prefopt.objective import (
     OnlineLogps,
     OnlineObjective,
     ValueModel,
+    require_non_negative,
 )
 from prefopt.rl import (
     KLEstimator,
@@ -125,8 +126,7 @@ class PPO(OnlineObjective):
     def __init__(self, config: Config):
         super().__init__(config)
         c = config
-        if c.kl_coef < 0:
-            raise ValueError(f"objective.kl_coef must be >= 0, got {c.kl_coef}")
+        require_non_negative(c, "kl_coef")
         for name in ("clip_ratio", "epochs", "minibatches", "kl_horizon"):
             if not getattr(c, name) > 0:
                 raise ValueError(f"objective.{name} must be > 0, got {getattr(c, name)}")

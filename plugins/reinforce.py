@@ -42,6 +42,7 @@ from prefopt.objective import (
     ObjectiveConfig,
     OnlineLogps,
     OnlineObjective,
+    require_non_negative,
 )
 from prefopt.rl import (
     Aggregation,
@@ -94,8 +95,7 @@ class Reinforce(OnlineObjective):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        if config.kl_coef < 0:
-            raise ValueError(f"objective.kl_coef must be >= 0, got {config.kl_coef}")
+        require_non_negative(config, "kl_coef")
 
     def needs(self) -> Needs:
         return Needs(reference=self.config.kl_coef > 0, token_logps=True)

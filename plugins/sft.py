@@ -22,6 +22,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import torch
+
 from prefopt.objective import (
     BatchFormat,
     LossOutput,
@@ -31,6 +33,13 @@ from prefopt.objective import (
     PairwiseLogps,
     preference_metrics,
 )
+
+
+def chosen_nll(inputs: PairwiseLogps) -> torch.Tensor:
+    """-Σ log π(y_w|x) / Σ |y_w| over the batch: the per-token negative log-likelihood of
+    the preferred completions, every token weighing the same (`average=token`; ORPO, CPO and
+    SLiC add it to their losses). A batch without a completion token gives 0, not 0/0."""
+    return -inputs.chosen.sum() / inputs.chosen_tokens.sum().clamp(min=1)
 
 
 class Average(str, enum.Enum):
@@ -56,8 +65,7 @@ class SFT(Objective):
     def loss(self, inputs: PairwiseLogps) -> LossOutput:
         tokens = inputs.chosen_tokens.clamp(min=1)  # per completion: 0 / 1 for an empty one
         if self.config.average == Average.token:
-            # Σ n, guarded only for a batch without any token (then Σ log π is 0 too).
-            loss = -inputs.chosen.sum() / inputs.chosen_tokens.sum().clamp(min=1)
+            loss = chosen_nll(inputs)
         else:
             loss = -(inputs.chosen / tokens).mean()
         metrics = preference_metrics(inputs.chosen, inputs.rejected)

@@ -35,9 +35,10 @@ from prefopt.objective import (
     ObjectiveConfig,
     PairwiseLogps,
     preference_metrics,
+    require_non_negative,
     require_positive,
 )
-from prefopt.plugins._pairwise import chosen_nll
+from prefopt.plugins.sft import chosen_nll
 
 
 def slic_hinge(chosen: torch.Tensor, rejected: torch.Tensor, *, delta: float) -> torch.Tensor:
@@ -63,8 +64,7 @@ class SLiC(Objective):
     def __init__(self, config: Config):
         super().__init__(config)
         require_positive(config, "delta")
-        if not config.nll_weight >= 0:
-            raise ValueError(f"objective.nll_weight must be >= 0, got {config.nll_weight}")
+        require_non_negative(config, "nll_weight")
 
     def needs(self) -> Needs:
         return Needs(reference=self.config.use_reference)

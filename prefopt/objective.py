@@ -111,6 +111,14 @@ def require_positive(config: ObjectiveConfig, *fields: str) -> None:
             raise ValueError(f"objective.{field_name} must be > 0, got {value}")
 
 
+def require_non_negative(config: ObjectiveConfig, *fields: str) -> None:
+    """Refuse a config whose named fields are not >= 0 (NaN included), naming the override."""
+    for field_name in fields:
+        value = getattr(config, field_name)
+        if not value >= 0:
+            raise ValueError(f"objective.{field_name} must be >= 0, got {value}")
+
+
 # Per-token fields of the offline inputs, filled only when needs().token_logps (None
 # otherwise). [rows, L] over the L positions that predict a token of the collated batch
 # (its width - 1): `*token_logps` are log π(y_t | x, y_<t) at the completion's tokens and

@@ -18,6 +18,7 @@ structured config, so Hydra checks the types of its fields and refuses unknown k
 
 from __future__ import annotations
 
+import abc
 import difflib
 import functools
 import importlib
@@ -352,8 +353,9 @@ class _EntryPointSource(ConfigSource):
 
     GROUP: str
 
+    @abc.abstractmethod
     def _declared(self) -> dict[str, PluginInfo]:
-        raise NotImplementedError
+        """The names this group declares, from entry-point metadata."""
 
     @classmethod
     def _name(cls, config_path: str) -> str | None:

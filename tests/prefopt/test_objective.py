@@ -151,3 +151,22 @@ def test_a_forced_unknown_key_does_not_compose_into_an_objective():
     with pytest.raises(UnknownSettingError, match=r"objective 'dpo' has no setting 'typo'"):
         compose_objective("objective=dpo", "+objective.typo=1")
     assert compose_objective("objective=dpo", "objective.beta=0.5").beta == 0.5
+
+
+@pytest.mark.parametrize("value,ok", [(0.0, True), (2.5, True), (-1e-9, False),
+                                      (float("nan"), False)])
+def test_require_non_negative_refuses_negatives_and_nan_naming_the_setting(value, ok):
+    from dataclasses import dataclass
+
+    from prefopt.objective import ObjectiveConfig, require_non_negative
+
+    @dataclass
+    class Config(ObjectiveConfig):
+        kl_coef: float = 0.0
+
+    config = Config(kl_coef=value)
+    if ok:
+        require_non_negative(config, "kl_coef")
+    else:
+        with pytest.raises(ValueError, match=r"^objective\.kl_coef must be >= 0, got"):
+            require_non_negative(config, "kl_coef")
