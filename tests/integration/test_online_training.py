@@ -28,21 +28,6 @@ def mean_sampled_reward(policy_dir, prompts, samples=4) -> float:
     return sum(score(prompts[i // samples], a) for i, a in enumerate(answers)) / len(answers)
 
 
-@pytest.fixture(scope="module")
-def warm_start(tmp_path_factory):
-    """The tiny policy after 150 SFT steps on the task's preferred answers."""
-    from hydra import compose, initialize_config_module
-
-    from prefopt.training.train import train
-
-    out = tmp_path_factory.mktemp("sft")
-    with initialize_config_module(config_module="prefopt.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["objective=sft", "trainer.max_steps=150",
-                                          f"output_dir={out}", *QUIET])
-    train(cfg)
-    return out / "policy"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", sorted(RUNS))
 def test_online_training_raises_the_programmatic_reward(registered, warm_start, objective,
