@@ -21,17 +21,18 @@ def right_padded(rows: list[tuple[list[int], list[int]]], pad_id: int
                  ) -> dict[str, torch.Tensor]:
     """(prompt, completion) token lists as rows prompt + completion, right-padded, with
     `completion_mask` on the completion's tokens."""
-    width = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, (prompt, completion) in enumerate(rows):
-        length = len(prompt) + len(completion)
-        input_ids[row, :length] = torch.tensor(prompt + completion, dtype=torch.long)
-        attention_mask[row, :length] = 1
-        completion_mask[row, len(prompt):length] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "completion_mask": completion_mask}
+    # One tensor built from padded lists and masks by comparison: a per-row tensor
+    # assignment costs more than the whole small model's step saves elsewhere.
+    lengths = [len(p) + len(c) for p, c in rows]
+    width = max(lengths)
+    input_ids = torch.tensor([p + c + [pad_id] * (width - n) for (p, c), n in zip(rows, lengths)],
+                             dtype=torch.long)
+    positions = torch.arange(width)
+    ends = torch.tensor(lengths)[:, None]
+    starts = torch.tensor([len(p) for p, _ in rows])[:, None]
+    inside = positions < ends
+    return {"input_ids": input_ids, "attention_mask": inside.long(),
+            "completion_mask": inside & (positions >= starts)}
 
 
 def left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

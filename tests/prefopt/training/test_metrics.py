@@ -52,6 +52,36 @@ def test_empty_metrics_are_skipped_and_weights_follow_the_rules():
                              "train/entropy": (2.0, 40, True)}
 
 
+class _Trainer:
+    """What MetricLog reads of a Trainer: one process, and whether the loggers receive
+    this step's values (Lightning's `should_update_logs`)."""
+
+    world_size, fast_dev_run, precision = 1, False, "32-true"
+
+    def __init__(self, writes: bool):
+        self._logger_connector = type("Connector", (), {"should_update_logs": writes})()
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_train_steps_the_loggers_skip_record_only_the_progress_bar_metrics(writes):
+    module = _Recorder()
+    module._trainer = _Trainer(writes)
+    metrics = {"loss": torch.tensor(0.5), "rewards/accuracies": torch.tensor([1.0, 0.0]),
+               "rewards/margins": torch.tensor([2.0, 4.0])}
+    MetricLog().log(module, metrics, "train", {}, 2)
+    bar = {"train/loss": (0.5, 2, True), "train/rewards/accuracies": (0.5, 2, True)}
+    assert module.logged == ({**bar, "train/rewards/margins": (3.0, 2, True)} if writes
+                             else bar)
+    # Validation values are epoch means: every batch records all of them.
+    module.logged.clear()
+    MetricLog().log(module, metrics, "val", {}, 2)
+    assert set(module.logged) == {"val/loss", "val/rewards/accuracies", "val/rewards/margins"}
+    # A NaN is caught on a skipped step too: the check does not depend on what is logged.
+    with pytest.raises(NonFiniteError, match="train/rewards/margins became nan"):
+        MetricLog().log(module, {**metrics, "rewards/margins": torch.tensor(float("nan"))},
+                        "train", {}, 2)
+
+
 def test_non_finite_before_any_step_names_objective_and_phase_not_the_learning_rate():
     # Step 0 of validation (Lightning's sanity check): nothing was learned, the default
     # precision is already 32-true: neither a lower lr nor 32-true can help.

@@ -48,6 +48,32 @@ def test_tokens_per_second_padding_and_the_mean(monkeypatch):
                                  "tokens_per_sec": pytest.approx(21 / 1.75)}
 
 
+class _Trainer:
+    def __init__(self, writes):
+        self._writes = iter(writes)
+        self.fast_dev_run = False
+
+    @property
+    def _logger_connector(self):
+        return type("Connector", (), {"should_update_logs": next(self._writes)})()
+
+
+def test_steps_the_loggers_skip_add_to_the_next_logged_window(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 4.0])
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: next(clock))
+    callback, module = Throughput(), _Module()
+    trainer = _Trainer([False, False, True])
+    callback.on_train_batch_start(trainer, module, _batch([2, 2], 4), 0)  # t = 0
+    callback.on_train_batch_end(trainer, module, None, _batch([2, 2], 4), 0)  # t = 1
+    callback.on_train_batch_end(trainer, module, None, _batch([4], 4), 1)  # t = 3
+    assert module.logged == {}  # not a step the loggers receive
+    callback.on_train_batch_end(trainer, module, None, _batch([1, 1], 2), 2)  # t = 4
+    # The window: 4 + 4 + 2 = 10 tokens in 4 s, of 8 + 4 + 4 = 16 slots.
+    assert module.logged == {"perf/tokens_per_sec": pytest.approx(2.5),
+                             "perf/padding": pytest.approx(6 / 16)}
+    assert callback.totals()["train_tokens"] == 10
+
+
 def test_prompt_batches_log_nothing():
     callback, module = Throughput(), _Module()
     callback.on_train_batch_start(None, module, {"prompts": ["a"]}, 0)
