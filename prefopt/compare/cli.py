@@ -21,14 +21,14 @@ log = logging.getLogger("prefopt")
 # in under 30 minutes on a busy 2-core CPU (docs/compare.md has the measured time).
 DEFAULT_BETAS = "0.05,0.5"
 DEFAULT_SEEDS = "0,1"
-DEFAULT_STEPS = 50
-DEFAULT_WARM_START_STEPS = 400
+DEFAULT_STEPS = 30
+DEFAULT_WARM_START_STEPS = 300
 # Each key applies unless the command line gives it. One validation per epoch (whatever
-# max_steps is), a training set of 2000 pairs (50 steps of 32 = 1600 pairs fit in one
+# max_steps is), a training set of 1000 pairs (30 steps of 32 = 960 pairs fit in one
 # epoch; tokenising the full 20 000 for every run would cost more than training), 64
 # validation pairs, no samples.jsonl.
 DEFAULT_KEYS = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1",
-                "data.synthetic.n_train=2000",
+                "data.synthetic.n_train=1000",
                 "data.synthetic.n_val=64", "samples.count=0",
                 "trainer.enable_progress_bar=false")
 QUIET = ("trainer.enable_progress_bar=false",)
@@ -106,10 +106,15 @@ def with_defaults(overrides: list[str]) -> tuple[list[str], list[str]]:
     return [*added, *overrides], lenient
 
 
-def warm_start(overrides: list[str], steps: int, out: Path) -> list[str]:
-    """Train the shared SFT warm start into `out` and return the overrides that start a
-    run from it. The comparison's settings that are not swept apply to it too (data,
-    optimizer, ...), but the objective's, the seed (0) and the number of steps."""
+def warm_start_overrides(out: Path) -> list[str]:
+    """What starts a run from the warm start trained into `out`."""
+    return ["model=hf", f"model.name_or_path={out / 'policy'}"]
+
+
+def train_warm_start(overrides: list[str], steps: int, out: Path) -> None:
+    """Train the shared SFT warm start into `out` (kept: a rerun into the same --out reuses
+    it). The comparison's settings that are not swept apply to it too (data, optimizer,
+    ...), but the objective's, the seed (0) and the number of steps."""
     from prefopt import api
 
     own = ("objective", "seed", "trainer.max_steps")
@@ -120,9 +125,9 @@ def warm_start(overrides: list[str], steps: int, out: Path) -> list[str]:
     wanted = ["objective=sft", f"trainer.max_steps={steps}", "seed=0", *common,
               f"output_dir={out}"]
     if not (out / "policy" / "config.json").is_file():
-        log.info("prefopt-compare: SFT warm start, %d steps, into %s", steps, out)
+        print(f"prefopt-compare: SFT warm start, {steps} steps, into {out}", file=sys.stderr,
+              flush=True)
         api.run_composed(api.compose(wanted), wanted)
-    return ["model=hf", f"model.name_or_path={out / 'policy'}"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -177,17 +182,23 @@ def compare(args, command: str) -> Path:
     else:
         api.prepare()
         wanted, lenient = with_defaults(overrides)
-        jobs = sweep.plan(wanted, api.compose, lenient)  # every key checked before training
-        if args.warm_start_steps and not any(k.startswith("model") for k in _keys(overrides)):
-            start = warm_start(wanted, args.warm_start_steps, out / "warm-start")
+        jobs = sweep.plan(wanted, api.compose, lenient)
+        warm = args.warm_start_steps > 0 and not any(k.startswith("model")
+                                                     for k in _keys(overrides))
+        if warm:
             facts["warm_start"] = {"objective": "sft", "steps": args.warm_start_steps,
                                    "policy": str(out / "warm-start" / "policy")}
             for job in jobs:
-                job.overrides = [*job.overrides, *start]
-        entries = runs.train_jobs(jobs, out / "runs")
+                job.overrides = [*job.overrides, *warm_start_overrides(out / "warm-start")]
+        composed = runs.compose_jobs(jobs, out / "runs")  # every job checked before training
+        if warm:
+            train_warm_start(wanted, args.warm_start_steps, out / "warm-start")
+        entries = runs.train_composed(composed)
     eval_cfg = evaluation.EvalConfig(prompts=args.prompts, samples=args.samples,
                                      max_new_tokens=args.max_new_tokens)
     results = []
+    print(f"prefopt-compare: sampling and scoring {len(entries)} policies", file=sys.stderr,
+          flush=True)
     for entry in entries:
         measured = evaluation.evaluate_run(entry.path, entry.config, eval_cfg)
         results.append(report.RunResult(

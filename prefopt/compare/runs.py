@@ -7,7 +7,7 @@ way (`RunEntry`) from the run directory's own files: config.yaml, summary.json
 from __future__ import annotations
 
 import json
-import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +15,6 @@ from omegaconf import DictConfig
 
 from prefopt.compare.sweep import Job
 from prefopt.training.rundir import RunDirError
-
-log = logging.getLogger(__name__)
 
 ACCURACY = "val/rewards/accuracies"
 
@@ -97,9 +95,10 @@ def label_runs(entries: list[RunEntry]) -> None:
         entry.setting = " ".join(parts)
 
 
-def train_jobs(jobs: list[Job], runs_dir: Path, done=None) -> list[RunEntry]:
-    """Train every job into runs_dir/<objective>/<i>-seed<seed> (each config composed
-    and checked before the first one trains). `done(entry)` is called after each."""
+def compose_jobs(jobs: list[Job], runs_dir: Path) -> list[tuple[Job, Path, list[str], DictConfig]]:
+    """(job, run directory, overrides, composed config) of every job: each config composed,
+    so checked (keys, types), before anything trains. Run directories are
+    runs_dir/<objective>/<i>-seed<seed>."""
     from prefopt import api
 
     composed = []
@@ -107,10 +106,18 @@ def train_jobs(jobs: list[Job], runs_dir: Path, done=None) -> list[RunEntry]:
         out = runs_dir / job.objective / f"{index:03d}-seed{job.seed}"
         overrides = [*job.overrides, f"output_dir={out}"]
         composed.append((job, out, overrides, api.compose(overrides)))
+    return composed
+
+
+def train_composed(composed, done=None) -> list[RunEntry]:
+    """Train the jobs `compose_jobs` composed, one after the other, in this process.
+    `done(entry)` is called after each."""
+    from prefopt import api
+
     entries = []
     for index, (job, out, overrides, cfg) in enumerate(composed):
-        log.info("prefopt-compare: run %d/%d: %s %s seed=%d", index + 1, len(composed),
-                 job.objective, job.setting, job.seed)
+        print(f"prefopt-compare: run {index + 1}/{len(composed)}: {job.objective} "
+              f"{job.setting} seed={job.seed}", file=sys.stderr, flush=True)
         api.run_composed(cfg, overrides)
         entry = read_run(out, job.setting)
         entries.append(entry)
