@@ -16,23 +16,26 @@ from prefopt.compare import evaluation, report, runs, sweep
 log = logging.getLogger("prefopt")
 
 # The default comparison (`prefopt-compare` alone): every installed offline objective of
-# the pairwise or unpaired format at two β (where it has β), two seeds, short runs on a
+# the pairwise or unpaired format at three β (where it has β), two seeds, short runs on a
 # small slice of the task, all starting from one shared SFT warm start. Sized to finish
-# in under 30 minutes on a busy 2-core CPU (docs/compare.md has the measured time).
-DEFAULT_BETAS = "0.05,0.5"
+# well under 30 minutes on a busy 2-core CPU (docs/compare.md has the measured time).
+DEFAULT_BETAS = "0.05,0.2,1.0"
 DEFAULT_SEEDS = "0,1"
-DEFAULT_STEPS = 30
-DEFAULT_WARM_START_STEPS = 300
-# Each key applies unless the command line gives it. One validation per epoch (whatever
-# max_steps is), a training set of 1000 pairs (30 steps of 32 = 960 pairs fit in one
-# epoch; tokenising the full 20 000 for every run would cost more than training), 64
-# validation pairs, no samples.jsonl.
-DEFAULT_KEYS = ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1",
-                "data.synthetic.n_train=1000",
+DEFAULT_STEPS = 60
+DEFAULT_WARM_START_STEPS = 1000
+DEFAULT_PROMPTS = 64
+# Each key applies to the compared runs unless the command line gives it: a learning rate
+# ten times below the warm start's (the runs fine-tune a trained policy, as preference
+# optimisation does; at 1e-3 every reference-based objective left the warm start's
+# reward behind within 30 steps), one validation per epoch whatever max_steps is, a
+# training set of 2000 pairs (60 steps of 32 = 1920 pairs: one epoch; tokenising the
+# full 20 000 for every run would cost more than training), 64 validation pairs, no
+# samples.jsonl.
+DEFAULT_KEYS = ("optimizer.lr=1e-4", "trainer.val_check_interval=1.0",
+                "trainer.check_val_every_n_epoch=1", "data.synthetic.n_train=2000",
                 "data.synthetic.n_val=64", "samples.count=0",
                 "trainer.enable_progress_bar=false")
-QUIET = ("trainer.enable_progress_bar=false",)
-DEFAULT_PROMPTS = 32
+QUIET = ("trainer.enable_progress_bar=false", "samples.count=0")
 
 EPILOG = f"""\
 Overrides are prefopt-train's, sweeps included (Hydra's grammar: a,b,c and range()).
@@ -44,16 +47,21 @@ Each key not given takes the default comparison's value:
              you give is applied the same way, but one that none of the objectives has
              is an error naming it.
   seed={DEFAULT_SEEDS}   trainer.max_steps={DEFAULT_STEPS}
-  {" ".join(DEFAULT_KEYS)}
-Warm start: unless model.* is given, an SFT run of --warm-start-steps steps trains first
-(<out>/warm-start) and every run starts from its policy, which is then the reference
-(as in Rafailov et al. 2023, arXiv:2305.18290, where π_ref = π_SFT).
+  {" ".join(DEFAULT_KEYS[:3])}
+  {" ".join(DEFAULT_KEYS[3:])}
+Warm start: unless model.* is given, an SFT run of --warm-start-steps steps (seed 0, the
+full training set, the default optimizer) trains first, into <out>/warm-start, and
+every run starts from its policy, which is then its reference (as in Rafailov et al.
+2023, arXiv:2305.18290, where π_ref = π_SFT). Your settings that are not swept apply to
+it too, but the optimizer's and scheduler's.
 Evaluation: --prompts held-out prompts x --samples completions sampled from each final
 policy at temperature 1, scored by the task's true reward; KL(π‖π_ref) is the mean over
 those samples of Σ_t log π(y_t) − log π_ref(y_t). Intervals: 95% Student-t over seeds.
 
 Examples:
   prefopt-compare                                     the default comparison
+  OMP_NUM_THREADS=1 prefopt-compare                   the same, on a CPU shared with
+                                                      other jobs (far faster there)
   prefopt-compare objective=dpo,ipo,kto objective.beta=0.1,0.5 seed=0,1,2
   prefopt-compare objective=dpo,sft trainer.max_steps=300 --warm-start-steps 0
   prefopt-compare runs/*                              compare runs trained before
@@ -113,17 +121,21 @@ def warm_start_overrides(out: Path) -> list[str]:
 
 def train_warm_start(overrides: list[str], steps: int, out: Path) -> None:
     """Train the shared SFT warm start into `out` (kept: a rerun into the same --out reuses
-    it). The comparison's settings that are not swept apply to it too (data, optimizer,
-    ...), but the objective's, the seed (0) and the number of steps."""
+    it): SFT on the task's preferred answers, seed 0, the full training set and the
+    default optimizer. The settings given on the command line that are not swept apply
+    to it too (data, model shape, ...), but the objective's, the seed, the steps and the
+    optimizer's and scheduler's, which are the compared runs' own."""
     from prefopt import api
 
-    own = ("objective", "seed", "trainer.max_steps")
+    own = ("objective", "seed", "trainer.max_steps", "optimizer", "scheduler")
     common = [text for text, o in zip(overrides, sweep.parse(overrides))
               if not o.is_sweep_override()
               and not any(o.key_or_group == k or o.key_or_group.startswith(k + ".")
                           for k in own)]
-    wanted = ["objective=sft", f"trainer.max_steps={steps}", "seed=0", *common,
-              f"output_dir={out}"]
+    epochs = [o for o in ("trainer.val_check_interval=1.0", "trainer.check_val_every_n_epoch=1")
+              if o.split("=", 1)[0] not in _keys(common)]  # any training-set size works
+    wanted = ["objective=sft", f"trainer.max_steps={steps}", "seed=0", *QUIET, *epochs,
+              *common, f"output_dir={out}"]
     if not (out / "policy" / "config.json").is_file():
         print(f"prefopt-compare: SFT warm start, {steps} steps, into {out}", file=sys.stderr,
               flush=True)
@@ -192,7 +204,7 @@ def compare(args, command: str) -> Path:
                 job.overrides = [*job.overrides, *warm_start_overrides(out / "warm-start")]
         composed = runs.compose_jobs(jobs, out / "runs")  # every job checked before training
         if warm:
-            train_warm_start(wanted, args.warm_start_steps, out / "warm-start")
+            train_warm_start(overrides, args.warm_start_steps, out / "warm-start")
         entries = runs.train_composed(composed)
     eval_cfg = evaluation.EvalConfig(prompts=args.prompts, samples=args.samples,
                                      max_new_tokens=args.max_new_tokens)
