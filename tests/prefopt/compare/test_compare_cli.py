@@ -99,3 +99,20 @@ def test_an_unknown_objective_is_named(tmp_path, capsys):
 
 def test_overrides_and_run_directories_do_not_mix(trained, capsys):
     assert "either overrides" in _error(capsys, str(trained), "objective=dpo")
+
+
+def test_a_misspelt_key_is_refused_before_anything_trains(tmp_path, capsys):
+    message = _error(capsys, "objective=dpo", "trainer.max_stepz=3", "--out",
+                     str(tmp_path / "c"))
+    assert "trainer.max_stepz" in message and "max_steps" in message
+    assert not (tmp_path / "c").exists()  # no warm start, no run
+
+
+def test_help_lists_the_default_comparison(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert f"objective.beta={cli.DEFAULT_BETAS}" in text
+    assert f"seed={cli.DEFAULT_SEEDS}" in text and f"max_steps={cli.DEFAULT_STEPS}" in text
+    assert "95% Student-t" in text and "temperature 1" in text
