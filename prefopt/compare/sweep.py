@@ -81,7 +81,16 @@ def objective_settings(name: str, compose: Callable[[list[str]], DictConfig]) ->
 
 
 def _has(node: DictConfig, key: str) -> bool:
-    return OmegaConf.select(node, key, default=_MISSING) is not _MISSING
+    """Whether the objective's config has `key`, or takes it: a key under an open mapping
+    (mix's per-part `settings`) is the objective's to check."""
+    if OmegaConf.select(node, key, default=_MISSING) is not _MISSING:
+        return True
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = OmegaConf.select(node, ".".join(parts[:end]), default=_MISSING)
+        if isinstance(parent, DictConfig):
+            return not OmegaConf.is_struct(parent)
+    return False
 
 
 def plan(overrides: Sequence[str], compose: Callable[[list[str]], DictConfig],

@@ -80,3 +80,11 @@ def test_defaults_fill_only_the_keys_not_given():
     assert "trainer.max_steps=7" in wanted and lenient == ["beta"]
     assert f"objective.beta={cli.DEFAULT_BETAS}" in wanted
     assert f"seed={cli.DEFAULT_SEEDS}" in wanted
+
+
+def test_a_key_under_an_open_mapping_is_the_objectives_to_check(compose):
+    # rpo (a preset of mix) takes per-part settings under its open `settings`
+    jobs = sweep.plan(["objective=rpo,sft", "objective.settings.dpo.beta=0.1,0.5"], compose)
+    assert _jobs(jobs) == [("rpo", 0, "settings.dpo.beta=0.1"),
+                           ("rpo", 0, "settings.dpo.beta=0.5"),
+                           ("sft", 0, "(no settings.dpo.beta)")]
