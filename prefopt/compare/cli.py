@@ -22,7 +22,7 @@ log = logging.getLogger("prefopt")
 DEFAULT_BETAS = "0.05,0.2,1.0"
 DEFAULT_SEEDS = "0,1"
 DEFAULT_STEPS = 60
-DEFAULT_WARM_START_STEPS = 1000
+DEFAULT_WARM_START_STEPS = 300
 DEFAULT_PROMPTS = 64
 # Each key applies to the compared runs unless the command line gives it: a learning rate
 # ten times below the warm start's (the runs fine-tune a trained policy, as preference
