@@ -217,6 +217,12 @@ def compare(args, command: str) -> Path:
             path=str(entry.path), objective=entry.objective, setting=entry.setting,
             seed=entry.seed, true_reward=measured.true_reward, kl=measured.kl,
             exact=measured.exact, accuracy=entry.accuracy, runtime_s=entry.runtime_s))
+    if facts["warm_start"] is not None and entries:
+        # The reference itself, for scale: every run starts from it (KL 0 exactly).
+        reference, tokenizer, data_cfg = evaluation.initial_policy(entries[0].config)
+        measured = evaluation.evaluate_policy(reference, reference, tokenizer, data_cfg,
+                                              eval_cfg, "the warm start")
+        facts["warm_start"].update(true_reward=measured.true_reward, exact=measured.exact)
     found = report.rows(results)
     facts["evaluation"] = {"prompts": eval_cfg.prompts, "samples": eval_cfg.samples,
                            "max_new_tokens": eval_cfg.max_new_tokens, "temperature": 1.0,
@@ -225,7 +231,8 @@ def compare(args, command: str) -> Path:
     facts["wall_s"] = round(time.perf_counter() - started, 1)
     report.write_json(out / "compare.json", found, results, facts)
     (out / "compare.md").write_text(report.markdown(found, facts))
-    report.write_figure(out / "compare.png", found)
+    report.write_figure(out / "compare.png", found,
+                        (facts["warm_start"] or {}).get("true_reward"))
     print(report.markdown_table(found))
     print(f"prefopt-compare: {len(results)} runs in {facts['wall_s']:.0f} s; wrote "
           f"{out / 'compare.json'}, compare.md and compare.png")

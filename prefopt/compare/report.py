@@ -117,7 +117,16 @@ def markdown(found: Sequence[Row], facts: dict) -> str:
         f"KL: {KL_ESTIMATE}, on the same samples. Preference accuracy: the run's own "
         f"{'val/rewards/accuracies'} at the end (n/a: the objective does not log it). "
         f"Wall time: the training process (summary.json runtime_s). "
-        f"Intervals: {INTERVAL}.\n\n" + markdown_table(found))
+        f"Intervals: {INTERVAL}.{_reference_line(facts)}\n\n" + markdown_table(found))
+
+
+def _reference_line(facts: dict) -> str:
+    start = facts.get("warm_start") or {}
+    if start.get("true_reward") is None:
+        return ""
+    return (f" Every run starts from the warm start ({start['objective']}, {start['steps']} "
+            f"steps), its reference: its own true reward is {start['true_reward']:.3f} "
+            f"(KL 0).")
 
 
 def _finite(value):
@@ -140,9 +149,10 @@ def write_json(path: Path, found: Sequence[Row], results: Sequence[RunResult],
     write_atomically(path, lambda f: f.write(text.encode()))
 
 
-def frontier_figure(found: Sequence[Row]):
+def frontier_figure(found: Sequence[Row], reference_reward: float | None = None):
     """True reward against KL, one curve per objective through its settings (sorted by
-    KL), with the reward's interval as error bars where there is one."""
+    KL), with the reward's interval as error bars where there is one; a dashed line at
+    the reference's own reward when it is known (the warm start every run starts from)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -159,6 +169,9 @@ def frontier_figure(found: Sequence[Row]):
                       yerr=errors if any(errors) else None, label=objective,
                       color=colours(index % 20), marker=markers[index % len(markers)],
                       markersize=5, linewidth=1.2, capsize=2)
+    if reference_reward is not None:
+        axes.axhline(reference_reward, color="black", linestyle="--", linewidth=1,
+                     label="π_ref (warm start)")
     axes.set_xlabel("KL(π ‖ π_ref), nats per completion (samples from π)")
     axes.set_ylabel("true reward (task score, mean)")
     axes.set_title("reward–KL frontier on the built-in task")
@@ -168,5 +181,6 @@ def frontier_figure(found: Sequence[Row]):
     return figure
 
 
-def write_figure(path: Path, found: Sequence[Row]) -> None:
-    frontier_figure(found).savefig(path, dpi=FIGURE_DPI)
+def write_figure(path: Path, found: Sequence[Row], reference_reward: float | None = None
+                 ) -> None:
+    frontier_figure(found, reference_reward).savefig(path, dpi=FIGURE_DPI)
