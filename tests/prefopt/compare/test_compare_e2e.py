@@ -52,6 +52,7 @@ def test_two_objectives_two_settings_one_seed(third_party, tmp_path):
               "--max-new-tokens", "4", "--out", str(out)])
     payload = json.loads((out / "compare.json").read_text())
     assert payload["warm_start"]["steps"] == 2
+    assert 0.0 <= payload["warm_start"]["true_reward"] <= 1.0  # the reference's own
     assert [(r["objective"], r["setting"], r["seeds"]) for r in payload["rows"]] == [
         (third_party, "beta=0.1", [0]), (third_party, "beta=0.5", [0]),
         ("ipo", "beta=0.1", [0]), ("ipo", "beta=0.5", [0])]

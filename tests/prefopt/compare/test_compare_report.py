@@ -68,3 +68,21 @@ def png_size(path):
 def test_png_frontier_has_the_documented_size(tmp_path):
     report.write_figure(tmp_path / "f.png", report.rows(_results()))
     assert png_size(tmp_path / "f.png") == (800, 500)
+
+
+def test_markdown_states_the_evaluation_and_the_reference():
+    facts = {"command": "prefopt-compare seed=0",
+             "evaluation": {"prompts": 64, "samples": 4, "max_new_tokens": 16},
+             "warm_start": {"objective": "sft", "steps": 300, "true_reward": 0.41234}}
+    text = report.markdown(report.rows(_results()), facts)
+    assert text.startswith("# prefopt-compare\n\n`prefopt-compare seed=0`\n")
+    assert "mean over 64 held-out prompts x 4 samples (at most 16 new tokens)" in text
+    assert "its own true reward is 0.412 (KL 0)" in text
+    assert text.endswith(report.markdown_table(report.rows(_results())))
+    facts["warm_start"] = None
+    assert "warm start" not in report.markdown(report.rows(_results()), facts)
+
+
+def test_png_with_the_reference_line_keeps_its_size(tmp_path):
+    report.write_figure(tmp_path / "f.png", report.rows(_results()), reference_reward=0.4)
+    assert png_size(tmp_path / "f.png") == (800, 500)
