@@ -175,6 +175,44 @@ def _check_counts(parser, args) -> None:
         parser.error(f"--warm-start-steps must be >= 0, got {args.warm_start_steps}")
 
 
+def train_comparison(overrides: list[str], args, out: Path, facts: dict
+                     ) -> list[runs.RunEntry]:
+    """Plan the jobs (every key checked), train the warm start, train the jobs."""
+    from prefopt import api
+
+    api.prepare()
+    wanted, lenient = with_defaults(overrides)
+    jobs = sweep.plan(wanted, api.compose, lenient)
+    warm = args.warm_start_steps > 0
+    if warm and any(k.startswith("model") for k in _keys(overrides)):
+        print("prefopt-compare: model settings given: no warm start, every run starts from "
+              "the model they describe", file=sys.stderr)
+        warm = False
+    if warm:
+        facts["warm_start"] = {"objective": "sft", "steps": args.warm_start_steps,
+                               "policy": str(out / "warm-start" / "policy")}
+        for job in jobs:
+            job.overrides = [*job.overrides, *warm_start_overrides(out / "warm-start")]
+    composed = runs.compose_jobs(jobs, out / "runs")  # every job checked before training
+    if warm:
+        train_warm_start(overrides, args.warm_start_steps, out / "warm-start")
+    return runs.train_composed(composed)
+
+
+def evaluate_entries(entries: list[runs.RunEntry], eval_cfg: evaluation.EvalConfig
+                     ) -> list[report.RunResult]:
+    print(f"prefopt-compare: sampling and scoring {len(entries)} policies", file=sys.stderr,
+          flush=True)
+    results = []
+    for entry in entries:
+        measured = evaluation.evaluate_run(entry.path, entry.config, eval_cfg)
+        results.append(report.RunResult(
+            path=str(entry.path), objective=entry.objective, setting=entry.setting,
+            seed=entry.seed, true_reward=measured.true_reward, kl=measured.kl,
+            exact=measured.exact, accuracy=entry.accuracy, runtime_s=entry.runtime_s))
+    return results
+
+
 def compare(args, command: str) -> Path:
     """Run the comparison `args` describe; returns the folder written."""
     from prefopt import api
@@ -192,31 +230,10 @@ def compare(args, command: str) -> Path:
         entries = [runs.read_run(d) for d in dirs]
         runs.label_runs(entries)
     else:
-        api.prepare()
-        wanted, lenient = with_defaults(overrides)
-        jobs = sweep.plan(wanted, api.compose, lenient)
-        warm = args.warm_start_steps > 0 and not any(k.startswith("model")
-                                                     for k in _keys(overrides))
-        if warm:
-            facts["warm_start"] = {"objective": "sft", "steps": args.warm_start_steps,
-                                   "policy": str(out / "warm-start" / "policy")}
-            for job in jobs:
-                job.overrides = [*job.overrides, *warm_start_overrides(out / "warm-start")]
-        composed = runs.compose_jobs(jobs, out / "runs")  # every job checked before training
-        if warm:
-            train_warm_start(overrides, args.warm_start_steps, out / "warm-start")
-        entries = runs.train_composed(composed)
+        entries = train_comparison(overrides, args, out, facts)
     eval_cfg = evaluation.EvalConfig(prompts=args.prompts, samples=args.samples,
                                      max_new_tokens=args.max_new_tokens)
-    results = []
-    print(f"prefopt-compare: sampling and scoring {len(entries)} policies", file=sys.stderr,
-          flush=True)
-    for entry in entries:
-        measured = evaluation.evaluate_run(entry.path, entry.config, eval_cfg)
-        results.append(report.RunResult(
-            path=str(entry.path), objective=entry.objective, setting=entry.setting,
-            seed=entry.seed, true_reward=measured.true_reward, kl=measured.kl,
-            exact=measured.exact, accuracy=entry.accuracy, runtime_s=entry.runtime_s))
+    results = evaluate_entries(entries, eval_cfg)
     if facts["warm_start"] is not None and entries:
         # The reference itself, for scale: every run starts from it (KL 0 exactly).
         reference, tokenizer, data_cfg = evaluation.initial_policy(entries[0].config)
