@@ -116,3 +116,20 @@ def test_help_lists_the_default_comparison(capsys):
     assert f"objective.beta={cli.DEFAULT_BETAS}" in text
     assert f"seed={cli.DEFAULT_SEEDS}" in text and f"max_steps={cli.DEFAULT_STEPS}" in text
     assert "95% Student-t" in text and "temperature 1" in text
+
+
+def test_a_run_without_its_policy_is_named(trained, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "no-policy"
+    shutil.copytree(trained, copy)
+    shutil.rmtree(copy / "policy")
+    assert f"{copy}: holds no exported policy/" in _error(capsys, str(copy))
+
+
+def test_a_run_on_other_data_has_no_true_reward():
+    from prefopt.compare.evaluation import NotComparableError, heldout_prompts
+    from prefopt.data.datamodule import DataConfig
+
+    with pytest.raises(NotComparableError, match="run-x: trained on data.path=pairs.jsonl"):
+        heldout_prompts(DataConfig(path="pairs.jsonl"), 4, "run-x")
