@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 EXTRAS ?= test,bench,lint
 
-.PHONY: venv train test test-fast lint bench bench-report bench-cpu bench-e2e clean
+.PHONY: venv train compare test test-fast lint bench bench-report bench-cpu bench-e2e clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,13 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(BIN)/prefopt-train $(ARGS)
+
+# The default comparison of objectives on the reward–KL frontier (docs/compare.md).
+# One torch thread by default: on a CPU shared with other jobs, two threads per process
+# made it about ten times slower, not faster. COMPARE_THREADS=2 on an idle machine.
+COMPARE_THREADS ?= 1
+compare: $(STAMP)
+	OMP_NUM_THREADS=$(COMPARE_THREADS) $(BIN)/prefopt-compare $(ARGS)
 
 # `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, which would
 # expose kernels/ as a top-level `kernels` package (see pyproject.toml).
