@@ -79,3 +79,31 @@ def test_prompt_records_keep_their_other_fields_into_the_batch(tokenizer):
     batch = collate_prompts([EncodedPrompt(text, [1, 2], record.where)])
     assert batch["prompts"] == ["1+1="]
     assert prompt_fields(batch["prompts"][0]) == {"answer": "2", "id": 7}
+
+
+def test_the_arithmetic_answers_reach_exact_match_through_a_reinforce_rollout(compose):
+    """reward=exact_match on data=arithmetic: the prompt batch carries each record's
+    `answer` through the sampler to the reward."""
+    import re
+
+    import torch
+
+    from prefopt.training.train import build
+
+    module, datamodule, _ = build(compose("objective=reinforce", "data=arithmetic",
+                                          "reward=exact_match", "data.arithmetic.n_train=8",
+                                          "rollout.num_samples=2", "rollout.max_new_tokens=3"))
+    datamodule.setup("fit")
+    batch = collate_prompts(datamodule.groups["val"][:4])
+    rollout = module._sample(batch, greedy=False)
+    assert [prompt_fields(p) for p in rollout.prompts] == [
+        prompt_fields(p) for p in batch["prompts"] for _ in range(2)]
+
+    def right(prompt):
+        a, op, b = re.fullmatch(r"(\d+)([+-])(\d+)=", prompt).groups()
+        return str(int(a) + int(b) if op == "+" else int(a) - int(b))
+
+    answers = [right(p) for p in rollout.prompts]
+    assert module.reward(rollout.prompts, answers).tolist() == [1.0] * 8
+    wrong = [str(int(a) + 1) for a in answers]
+    assert torch.equal(module.reward(rollout.prompts, wrong), torch.zeros(8))
