@@ -82,9 +82,10 @@ def _open_dict():
 @dataclass
 class RewardConfig:
     function: Optional[str] = "synthetic"
-    """A `prefopt.rewards` entry-point name (built in: synthetic) or a dotted path
-    `package.module:function`, called as fn(prompt, completion) -> float per sample, or a
-    factory of one (all parameters keyword-only), called once with `kwargs`."""
+    """A `prefopt.rewards` entry-point name (built in: synthetic, exact_match) or a dotted
+    path `package.module:function`, called as fn(prompt, completion) -> float per sample
+    (the record's other fields as keyword arguments where its signature names them), or
+    a factory of one (all parameters keyword-only), called once with `kwargs`."""
     kwargs: dict[str, Any] = field(default_factory=_open_dict)
     """Keyword arguments of a reward factory (reward.kwargs.target=8, no `+`: the factory's
     signature, not the schema, says which keys exist); checked against its signature. A
