@@ -12,7 +12,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
-from prefopt.data import sources, synthetic
+from prefopt.data import arithmetic, sources, synthetic
 from prefopt.data.attributes import AttributeSchema, AttributeSpec
 from prefopt.data.collate import collate_groups
 from prefopt.data.records import PARSERS, Columns, Record, RecordError, unpair
@@ -57,6 +57,9 @@ class DataConfig(TokenizeConfig):
         default_factory=synthetic.SyntheticConfig)
     """The built-in task, used when neither `path` nor `mix` is given; null (data=files):
     none, and a missing path is an error."""
+    arithmetic: Optional[arithmetic.ArithmeticConfig] = None
+    """The built-in arithmetic task (data=arithmetic), used instead of `synthetic` when
+    set and neither `path` nor `mix` is given."""
 
 
 def load_splits(cfg: DataConfig, fmt: str, seed: int) -> dict[str, list[Record]]:
@@ -73,14 +76,17 @@ def load_sources(cfg: DataConfig, fmt: str, seed: int) -> sources.Loaded:
                              f"but the objective consumes {fmt} records")
         source = "pairwise"
     if cfg.path is None and cfg.mix is None:
-        if cfg.synthetic is None:
+        if cfg.synthetic is None and cfg.arithmetic is None:
             raise RecordError("data", "data=files reads records from a file or dataset: give "
                               "data.path=<file>, or several with data.mix='[{path: <file>, "
                               "weight: 1.0}, ...]'")
         parse = PARSERS[source]
+        task, raw_splits = ("arithmetic", arithmetic.splits(cfg.arithmetic, source)) \
+            if cfg.arithmetic is not None else \
+            ("synthetic", synthetic.splits(cfg.synthetic, source))
         loaded = sources.Loaded({
-            name: [parse(f"synthetic {name} record {i}", raw) for i, raw in enumerate(rows)]
-            for name, rows in synthetic.splits(cfg.synthetic, source).items()})
+            name: [parse(f"{task} {name} record {i}", raw) for i, raw in enumerate(rows)]
+            for name, rows in raw_splits.items()})
     else:
         loaded = sources.load(cfg, source, fmt, seed)
     if cfg.unpair:

@@ -3,12 +3,21 @@
 A batch is the prompts' texts (what a reward function reads) and their token ids rendered
 as training renders prompts (chat template, generation prompt, the prompt truncation
 rule), which is what the policy samples from.
+
+A record's other fields (a gold `answer`, a test case) ride along with its prompt: the
+prompt text in a batch is a `FieldedPrompt` (a str) or `FieldedMessages` (a list of chat
+messages), equal to the record's prompt and carrying `.fields` (a dict) and `.where`
+(the record's place, for messages). The rollout passes prompt objects through unchanged,
+so the reward source finds each sample's fields on its prompt
+(`prefopt.online.rewards`: they reach reward functions as keyword arguments) without any
+other code carrying them.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
@@ -19,6 +28,32 @@ from prefopt.data.sampler import ResumableSampler
 from prefopt.data.tokenize import DataReport, Encoder
 
 log = logging.getLogger(__name__)
+
+
+class FieldedPrompt(str):
+    """A text prompt that carries its record's other fields."""
+
+    fields: dict[str, Any]
+    where: str
+
+
+class FieldedMessages(list):
+    """A chat prompt (a list of messages) that carries its record's other fields."""
+
+    fields: dict[str, Any]
+    where: str
+
+
+def with_fields(text: Text, fields: dict[str, Any], where: str) -> Text:
+    """`text` as a FieldedPrompt / FieldedMessages carrying `fields` and `where`."""
+    out = FieldedPrompt(text) if isinstance(text, str) else FieldedMessages(text)
+    out.fields, out.where = dict(fields), where
+    return out
+
+
+def prompt_fields(prompt: Text) -> dict[str, Any]:
+    """The record fields a prompt carries ({} for a plain string or list)."""
+    return getattr(prompt, "fields", {})
 
 
 @dataclass(frozen=True)
@@ -67,7 +102,8 @@ class PromptDataModule(pl.LightningDataModule):
                         continue
                     prompt = encoder._cut_prompt(prompt, self.cfg.max_length - self.max_new_tokens)
                     report.truncated["prompt"] += 1
-                kept.append(EncodedPrompt(record.prompt, prompt, record.where))
+                text = with_fields(record.prompt, dict(record.extra), record.where)
+                kept.append(EncodedPrompt(text, prompt, record.where))
             report.kept = len(kept)
             report.sources = loaded.sources.get(name)  # data_report.json lists them
             if not kept:

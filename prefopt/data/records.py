@@ -12,7 +12,8 @@ assistant or tool:
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
 - attributed `{prompt, response, attributes: {name: value}}` (SteerLM); the values are
             checked against the run's attribute schema (prefopt.data.attributes) when loaded
-- prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions
+- prompts   `{prompt}`, for online objectives (REINFORCE, PPO), which sample completions;
+            its other fields (a gold `answer`) are kept for reward functions
 
 A string prompt whose completions are whole conversations that open with that prompt as
 the user turn (the UltraFeedback-binarized shape) has the repeated turn taken off: the
@@ -96,6 +97,8 @@ class Record:
     margin: float | None = None  # pairwise: optional preference strength
     kind: str = "pairwise"  # pairwise | unpaired | ranked | attributed | prompts
     attributes: tuple[tuple[str, float], ...] | None = None  # attributed: (name, value)s
+    # prompts: the record's other fields (e.g. a gold `answer`), for reward functions
+    extra: tuple[tuple[str, Any], ...] = ()
 
     def completion_field(self, index: int) -> str:
         """The record field that holds completion `index`, for error messages."""
@@ -421,7 +424,9 @@ def parse_attributed(where: str, raw: Any) -> Record:
 def parse_prompt(where: str, raw: Any) -> Record:
     """A prompt alone, for online objectives: they sample the completions themselves."""
     _require(where, raw, ("prompt",))
-    return Record(_check_text(where, "prompt", raw["prompt"]), (), where, kind="prompts")
+    extra = tuple((str(k), v) for k, v in raw.items() if k != "prompt")
+    return Record(_check_text(where, "prompt", raw["prompt"]), (), where, kind="prompts",
+                  extra=extra)
 
 
 PARSERS = {"pairwise": parse_pairwise, "unpaired": parse_unpaired, "ranked": parse_ranked,

@@ -29,6 +29,20 @@ reward_pl, its `<run>/policy`) instead; it scores samples rendered as in its tra
 A function that raises, or returns something that is not a finite number, stops the run
 with a RewardError naming the function and the sample: training on a garbage reward
 would only hide the bug.
+
+Record fields as keyword arguments. A prompt record's fields other than `prompt` (a gold
+`answer`, say: `{"prompt": "12+7=", "answer": "19"}`) reach the reward function as
+keyword arguments, as TRL passes dataset columns to its reward functions; which ones is
+read off the function's signature once:
+
+- `fn(prompt, completion)`: none, as before;
+- `fn(prompt, completion, answer)` or `fn(prompt, completion, *, answer, tol=0.0)`: the
+  fields its further parameters name; a field of a parameter without a default that a
+  record lacks is a RewardError naming the field, the record and the fields it has (one
+  with a default keeps it);
+- `fn(prompt, completion, **fields)`: every field of the record.
+
+The built-in `exact_match` (prefopt.online.verifiable) takes `answer` so.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from prefopt import registry
+from prefopt.data.prompts import prompt_fields
 from prefopt.data.records import Text
 
 REWARD_GROUP = registry.REWARD_GROUP
@@ -67,9 +82,10 @@ def _open_dict():
 @dataclass
 class RewardConfig:
     function: Optional[str] = "synthetic"
-    """A `prefopt.rewards` entry-point name (built in: synthetic) or a dotted path
-    `package.module:function`, called as fn(prompt, completion) -> float per sample, or a
-    factory of one (all parameters keyword-only), called once with `kwargs`."""
+    """A `prefopt.rewards` entry-point name (built in: synthetic, exact_match) or a dotted
+    path `package.module:function`, called as fn(prompt, completion) -> float per sample
+    (the record's other fields as keyword arguments where its signature names them), or
+    a factory of one (all parameters keyword-only), called once with `kwargs`."""
     kwargs: dict[str, Any] = field(default_factory=_open_dict)
     """Keyword arguments of a reward factory (reward.kwargs.target=8, no `+`: the factory's
     signature, not the schema, says which keys exist); checked against its signature. A
@@ -89,19 +105,71 @@ def _describe(text, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-class FunctionReward:
-    """A per-sample reward function, with every value checked."""
+@dataclass(frozen=True)
+class FieldParameters:
+    """Which record fields a reward function takes as keyword arguments (its parameters
+    after prompt and completion): `names` those it names, `required` those without a
+    default, `every` whether it takes **kwargs (then all fields)."""
 
-    def __init__(self, fn: Callable[[Text, str], float], name: str):
+    names: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    every: bool = False
+
+    @classmethod
+    def of(cls, fn: Callable) -> "FieldParameters":
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # no signature to read: called with two arguments
+            return cls()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        # The first two positional parameters are (prompt, completion); the rest, and the
+        # keyword-only ones, name fields.
+        named = [p for p in params if p.kind == p.KEYWORD_ONLY or
+                 (p.kind == p.POSITIONAL_OR_KEYWORD and p in positional[2:])]
+        return cls(names=tuple(p.name for p in named),
+                   required=tuple(p.name for p in named if p.default is p.empty),
+                   every=any(p.kind == p.VAR_KEYWORD for p in params))
+
+    def kwargs(self, fields: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
+        if self.every:
+            return {k: v for k, v in fields.items() if k not in skip}
+        return {k: fields[k] for k in self.names if k in fields}
+
+
+class FunctionReward:
+    """A per-sample reward function, with every value checked; record fields reach it as
+    keyword arguments (see the module docstring)."""
+
+    def __init__(self, fn: Callable[..., float], name: str):
         self.fn, self.name = fn, name
+        self.parameters = FieldParameters.of(fn)
+        try:
+            positional = [p.name for p in inspect.signature(fn).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            positional = []
+        self._positional = tuple(positional[:2])  # never passed again as fields
+
+    def _fields(self, prompt: Text, where: str) -> dict[str, Any]:
+        fields = prompt_fields(prompt)
+        missing = [name for name in self.parameters.required if name not in fields]
+        if missing:
+            record = getattr(prompt, "where", "the record")
+            raise RewardError(f"reward function {self.name} needs the record field "
+                              f"'{missing[0]}' (its parameter {missing[0]}), which "
+                              f"{record} lacks (its fields: "
+                              f"{', '.join(['prompt', *fields])}), on {where}")
+        return self.parameters.kwargs(fields, self._positional)
 
     def __call__(self, prompts: list[Text], completions: list[str]) -> torch.Tensor:
         values = []
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             where = (f"sample {i} (prompt {_describe(prompt)}, completion "
                      f"{_describe(completion)})")
+            kwargs = self._fields(prompt, where)
             try:
-                value = self.fn(prompt, completion)
+                value = self.fn(prompt, completion, **kwargs)
             except Exception as exc:
                 raise RewardError(f"reward function {self.name} raised "
                                   f"{type(exc).__name__}: {exc} on {where}") from exc

@@ -56,6 +56,10 @@ class TrainConfig:
     """Online objectives (reinforce, ppo): how completions are sampled."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Online objectives: what scores the samples (group `reward`: synthetic, model)."""
+    online: bool = False
+    """Train a pairwise objective (dpo, ipo, ...) online: pairs sampled from the policy
+    and judged by the reward source at every step (online DPO; prefopt.online.pairs),
+    with `rollout.*` and `reward.*`."""
     seed: int = 0
     output_dir: str = "${hydra:runtime.output_dir}"
     """Where the run writes config.yaml, metrics.csv, checkpoints/ and policy/."""

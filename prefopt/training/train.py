@@ -30,6 +30,7 @@ from prefopt.data.prompts import PromptDataModule
 from prefopt.models import build_policy, build_tokenizer, make_reference, uses_lora
 from prefopt.objective import FORMATS, Needs, Objective, OnlineObjective, unfeedable
 from prefopt.online.module import OnlineModule
+from prefopt.online.pairs import OnlinePairsData, OnlinePairsModule, refusal
 from prefopt.online.rewards import build_reward
 from prefopt.training import rundir
 from prefopt.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
@@ -49,11 +50,14 @@ SUMMARY_KEYS = ("val/loss", "val/rewards/accuracies", "val/rewards/margins", "va
 
 
 def _quiet_expected_warnings() -> None:
-    """Two Lightning warnings this design triggers on purpose: the frozen reference sits in
-    eval mode, and the run directory already holds config.yaml when the CSV logger starts
-    (it only ever replaces its own metrics.csv)."""
+    """Lightning warnings this design triggers on purpose: the frozen reference sits in
+    eval mode, the run directory already holds config.yaml when the CSV logger starts
+    (it only ever replaces its own metrics.csv), and online pairs return no loss for a
+    batch of only ties."""
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* is not empty")
+    # Online pairs: a batch whose samples all tied has nothing to learn (prefopt.online.pairs).
+    warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
 
 
 def _json(payload) -> str:
@@ -76,6 +80,8 @@ def build(cfg: DictConfig):
         # message names the setting; anything else an objective raises stays a traceback.
         raise ConfigError(f"objective '{objective_cfg.name}': {exc}; give "
                           "objective.<setting>=<value> a value it accepts") from exc
+    if cfg.get("online", False):
+        return _build_online_pairs(cfg, objective)
     if FORMATS[objective.batch_format].fed:
         return _build_offline(cfg, objective)
     return _build_online(cfg, objective)
@@ -140,6 +146,34 @@ def _build_online(cfg: DictConfig, objective: Objective):
                           OmegaConf.to_object(cfg.scheduler), tokenizer, reward, rollout_cfg,
                           logprob_impl=cfg.logprob_impl, seed=cfg.seed,
                           missing_eos_penalty=reward_cfg.missing_eos_penalty)
+    return module, datamodule, tokenizer
+
+
+def _build_online_pairs(cfg: DictConfig, objective: Objective):
+    """online=true: a pairwise objective on judged pairs of the policy's samples."""
+    name, needs = objective.config.name, objective.needs()
+    reason = refusal(objective)
+    if reason:
+        raise ConfigError(reason)
+    if cfg.reference == "cached":
+        raise ConfigError(f"reference=cached cannot serve objective '{name}' with "
+                          "online=true: it samples new completions at every step; use "
+                          "reference=model")
+    tokenizer, policy, reference = _models(cfg, needs, reference=needs.reference)
+    reward_cfg = OmegaConf.to_object(cfg.reward)
+    rollout_cfg = OmegaConf.to_object(cfg.rollout)
+    reward = build_reward(reward_cfg)
+    datamodule = OnlinePairsData(OmegaConf.to_object(cfg.data), tokenizer,
+                                 max_new_tokens=rollout_cfg.max_new_tokens, seed=cfg.seed,
+                                 mismatched=needs.mismatched_pairs)
+    try:
+        module = OnlinePairsModule(policy, reference, objective,
+                                   OmegaConf.to_object(cfg.optimizer),
+                                   OmegaConf.to_object(cfg.scheduler), tokenizer, reward,
+                                   rollout_cfg, logprob_impl=cfg.logprob_impl, seed=cfg.seed,
+                                   missing_eos_penalty=reward_cfg.missing_eos_penalty)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return module, datamodule, tokenizer
 
 
@@ -224,7 +258,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
         module, datamodule, tokenizer = build(cfg)
         datamodule.setup("fit")
-        module.objective.check_data(datamodule.groups["train"])
+        if not isinstance(module, OnlinePairsModule):  # its pairs are not known yet
+            module.objective.check_data(datamodule.groups["train"])
         files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True)}
         if module.reference_cached:
             files["reference_cache.json"] = _json(attach_cached_reference(cfg, module,
@@ -426,6 +461,8 @@ def _run_facts(cfg: DictConfig, module, datamodule, end: dict[str, float], steps
     elif cfg.data.get("mix"):
         data = {"source": "a mixture: " + ", ".join(
             f"`{part.path}` (weight {part.weight})" for part in cfg.data.mix)}
+    elif cfg.data.get("arithmetic"):
+        data = {"source": "prefopt's built-in arithmetic task (`prefopt.data.arithmetic`)"}
     else:
         data = {"source": "prefopt's built-in synthetic task (`prefopt.data.synthetic`)"}
     if cfg.data.get("val_path"):
