@@ -28,6 +28,7 @@ from prefopt.data.prompts import collate_prompts
 from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective, ValueModel
 from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
 from prefopt.online.rollout import (
+    MAX_DRAWS,
     Rollout,
     RolloutConfig,
     check_config,
@@ -92,9 +93,9 @@ class OnlineModule(PolicyModule):
                           self.rollout_cfg, greedy=greedy)
 
     def _draw_seed(self, draw: int) -> int:
-        # Still a function of (seed, step) only; the multiplier keeps the draws of one step
-        # apart from the first draws of the following steps.
-        return (self._step_seed() * 7919 + draw) % (2 ** 63)
+        # A function of (seed, step, draw) only, in a range of its own (from 2^62 up; the
+        # step seeds stay far below), so an extra draw never replays another step's first.
+        return 2 ** 62 + self._step_seed() * MAX_DRAWS + draw
 
     def _scored(self, batch: dict, draw: int = 0) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
         """A rollout of `batch`'s prompts, its raw scores and the scores the objective

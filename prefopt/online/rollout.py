@@ -24,6 +24,9 @@ from transformers import GenerationConfig
 from prefopt.data.collate import left_padded, right_padded
 from prefopt.data.records import Text
 
+# Dynamic sampling's draws per step are numbered below this (their seeds depend on it).
+MAX_DRAWS = 1000
+
 
 @dataclass
 class RolloutConfig:
@@ -61,8 +64,8 @@ def check_config(cfg: RolloutConfig) -> None:
             raise ValueError(f"rollout.{name} must be > 0, got {getattr(cfg, name)}")
     if not 0.0 < cfg.top_p <= 1.0:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
-    if not cfg.max_resample_rounds >= 0:
-        raise ValueError(f"rollout.max_resample_rounds must be >= 0, got "
+    if not 0 <= cfg.max_resample_rounds < MAX_DRAWS:
+        raise ValueError(f"rollout.max_resample_rounds must be in [0, {MAX_DRAWS}), got "
                          f"{cfg.max_resample_rounds}")
     if cfg.dynamic_sampling and cfg.num_samples < 2:
         raise ValueError("rollout.dynamic_sampling compares the rewards of a prompt's "

@@ -17,6 +17,9 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50"]
 RUNS = {
     "reinforce": ["trainer.max_steps=450"],
     "ppo": ["objective.epochs=2", "objective.minibatches=2", "trainer.max_steps=1000"],
+    "grpo": ["trainer.max_steps=450"],
+    "dapo": ["trainer.max_steps=450", "rollout.dynamic_sampling=true",
+             "rollout.max_resample_rounds=1"],
 }
 
 
