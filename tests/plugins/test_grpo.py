@@ -301,3 +301,38 @@ def test_loss_and_gradient_match_trl(v):
             metrics["clip_ratio/low_mean"][0], abs=1e-6)
         assert out.metrics["grpo/clip_fraction_high"].item() == pytest.approx(
             metrics["clip_ratio/high_mean"][0], abs=1e-6)
+
+
+# -- the presets -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset,expected", [
+    ("dapo", dict(loss_type="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.0,
+                  scale_rewards="group", overlong_max=12, overlong_cache=4)),
+    ("dr_grpo", dict(loss_type="dr_grpo", scale_rewards="none", max_completion_length=12,
+                     beta=0.0)),
+    ("gspo", dict(importance_sampling_level="sequence", loss_type="grpo", epsilon_low=3e-4,
+                  epsilon_high=4e-4, beta=0.0, minibatches=2)),
+])
+def test_presets_set_the_papers_settings(compose, preset, expected):
+    from omegaconf import OmegaConf
+
+    from prefopt import registry
+
+    config = OmegaConf.to_object(compose(f"objective={preset}",
+                                         "rollout.max_new_tokens=12").objective)
+    objective = registry.build(config)
+    assert isinstance(objective, GRPO)
+    got = {k: getattr(config, k) for k in expected}
+    assert {k: getattr(v, "value", v) for k, v in got.items()} == expected
+    assert not objective.needs().reference  # β = 0: no reference model
+
+
+def test_a_typo_in_a_setting_or_a_preset_key_names_the_key(compose):
+    from hydra.errors import ConfigCompositionException
+
+    for overrides in (["objective=grpo", "objective.epsilon_hgh=0.3"],
+                      ["objective=dapo", "rollout.dynamic_sampeling=true"]):
+        with pytest.raises(ConfigCompositionException) as error:
+            compose(*overrides)
+        key = overrides[1].split("=")[0]
+        assert key in str(error.value) or key in str(error.value.__cause__)
