@@ -1,5 +1,5 @@
-"""REINFORCE, PPO, GRPO and DAPO raise the mean programmatic reward of a briefly trained
-tiny policy by at least 0.3 (on the 0..1 scale of `synthetic.score`) on the CPU.
+"""REINFORCE, PPO and GRPO raise the mean programmatic reward of a briefly trained tiny
+policy by at least 0.3 (on the 0..1 scale of `synthetic.score`) on the CPU.
 
 Measured independently of the training loop: the exported policies (the SFT warm start
 and the RL result) are loaded with `load_policy`, sample completions of held-out prompts
@@ -18,10 +18,6 @@ RUNS = {
     "reinforce": ["trainer.max_steps=450"],
     "ppo": ["objective.epochs=2", "objective.minibatches=2", "trainer.max_steps=1000"],
     "grpo": ["trainer.max_steps=300"],
-    # Overlong shaping from 7 tokens on (L_cache 1 at L_max = max_new_tokens 8): the task's
-    # answers, EOS included, fit in 7. Dynamic sampling is tested on its own
-    # (tests/integration/test_online.py); here it would double the sampling time.
-    "dapo": ["trainer.max_steps=300", "objective.overlong_cache=1"],
 }
 
 
