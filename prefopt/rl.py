@@ -60,6 +60,16 @@ def _group_sum(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     return sums.index_add(0, group, values)[group]
 
 
+def uniform_groups(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """[G] whether all the samples of each prompt got exactly the same reward: a group
+    baseline (RLOO, GRPO) then gives every one of them a zero advantage, so the group
+    teaches nothing (DAPO's dynamic sampling drops such groups)."""
+    n_groups = int(group.max()) + 1
+    high = rewards.new_full((n_groups,), -torch.inf).scatter_reduce(0, group, rewards, "amax")
+    low = rewards.new_full((n_groups,), torch.inf).scatter_reduce(0, group, rewards, "amin")
+    return high == low
+
+
 def leave_one_out_advantages(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """RLOO (Kool et al., 2019; Ahmadian et al., 2024): each of the k samples of a prompt
     is baselined by the mean reward of the other k − 1,

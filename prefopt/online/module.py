@@ -1,10 +1,12 @@
-"""OnlineModule: the LightningModule of online objectives (REINFORCE, PPO).
+"""OnlineModule: the LightningModule of online objectives (REINFORCE, PPO, GRPO).
 
 One training step is one rollout, then the objective's passes over it:
 
 1. sample `rollout.num_samples` completions of each prompt of the batch from the policy
    (seeded by the run's seed and the optimizer step, so a resumed run samples the same);
-2. score them with the reward source (missing-EOS penalty included);
+2. score them with the reward source (missing-EOS penalty included); with
+   `rollout.dynamic_sampling` (DAPO), drop the prompts whose samples all scored the same
+   and sample more prompts until the batch is full (see `_dynamically_sampled`);
 3. under no_grad: the sampling policy's token log-probs, the reference's, the old values
    (the Experience), then the objective's advantages;
 4. `schedule()` = (epochs, minibatches): each epoch shuffles the rows and takes one
@@ -22,11 +24,20 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.collate import ROW_KEYS
+from prefopt.data.prompts import collate_prompts
 from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective, ValueModel
 from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
-from prefopt.online.rollout import Rollout, RolloutConfig, check_config, sample
+from prefopt.online.rollout import (
+    MAX_DRAWS,
+    Rollout,
+    RolloutConfig,
+    check_config,
+    concatenate,
+    sample,
+    select_groups,
+)
 from prefopt.online.value import build_value_model, token_values
-from prefopt.rl import KLEstimator, kl_estimate
+from prefopt.rl import KLEstimator, kl_estimate, uniform_groups
 from prefopt.training import optim
 from prefopt.training.policy import PolicyModule
 
@@ -53,6 +64,9 @@ class OnlineModule(PolicyModule):
         # clipping under manual optimisation, so the module clips each step itself.
         self.gradient_clip_val: float | None = None
         self.gradient_clip_algorithm = "norm"
+        # Where dynamic sampling draws its extra prompts: the datamodule's train prompts
+        # unless set (tests set it).
+        self.prompt_pool: list | None = None
 
     # -- what is trained ---------------------------------------------------------------
 
@@ -69,12 +83,73 @@ class OnlineModule(PolicyModule):
         (seed, step) only, so a resumed run draws what an uninterrupted one would."""
         return self.seed * 1_000_003 + self.global_step
 
-    def _sample(self, batch: dict, greedy: bool) -> Rollout:
+    def _sample(self, batch: dict, greedy: bool, draw: int = 0) -> Rollout:
+        """`draw` > 0: dynamic sampling's extra draws, each seeded apart from the others."""
         devices = [self.device] if self.device.type == "cuda" else []
+        seed = self._step_seed() if draw == 0 else self._draw_seed(draw)
         with torch.random.fork_rng(devices=devices):  # no other random state disturbed
-            torch.manual_seed(self._step_seed())
+            torch.manual_seed(seed)
             return sample(self.policy, self.tokenizer, batch["prompts"], batch["prompt_ids"],
                           self.rollout_cfg, greedy=greedy)
+
+    def _draw_seed(self, draw: int) -> int:
+        # A function of (seed, step, draw) only, in a range of its own (from 2^62 up; the
+        # step seeds stay far below), so an extra draw never replays another step's first.
+        return 2 ** 62 + self._step_seed() * MAX_DRAWS + draw
+
+    def _scored(self, batch: dict, draw: int = 0) -> tuple[Rollout, torch.Tensor, torch.Tensor]:
+        """A rollout of `batch`'s prompts, its raw scores and the scores the objective
+        gets (missing-EOS penalty included)."""
+        rollout = self._sample(batch, greedy=False, draw=draw)
+        raw = self._score(rollout)
+        return rollout, raw, apply_missing_eos_penalty(raw, rollout.ended,
+                                                       self.missing_eos_penalty)
+
+    def _extra_prompts(self, n: int, draw: int) -> dict:
+        """n training prompts for extra draw `draw`, chosen without replacement by a
+        generator seeded by (seed, step, draw): a resumed run draws the same."""
+        pool = self.prompt_pool
+        if pool is None:
+            pool = self.trainer.datamodule.groups["train"]
+        generator = torch.Generator().manual_seed(self._draw_seed(draw))
+        order = torch.randperm(len(pool), generator=generator)[:n].tolist()
+        return collate_prompts([pool[i] for i in order])
+
+    def _dynamically_sampled(self, batch: dict, first: tuple[Rollout, torch.Tensor, torch.Tensor]
+                             ) -> tuple[tuple[Rollout, torch.Tensor, torch.Tensor],
+                                        dict[str, torch.Tensor]]:
+        """DAPO's dynamic sampling (Yu et al., arXiv:2503.14476, 2025): keep the prompts
+        whose samples did not all get the same score (the scores the objective sees);
+        while fewer than the batch's prompts are kept, draw data.batch_size more prompts
+        from the training set and keep theirs, at most `rollout.max_resample_rounds`
+        times. When the cap is hit the step trains on the groups it kept (fewer rows;
+        `dynamic_sampling/capped` is 1); if it kept none, on the first draw as it was."""
+        target = len(batch["prompts"])
+        kept: list[tuple[Rollout, torch.Tensor, torch.Tensor]] = []
+        n_kept = dropped = draws = 0
+        rollout, raw, scores = first
+        while True:
+            uniform = uniform_groups(scores, rollout.batch["group"])
+            dropped += int(uniform.sum())
+            informative = (~uniform).nonzero().flatten().tolist()[:target - n_kept]
+            if informative:
+                rows = torch.isin(rollout.batch["group"],
+                                  torch.tensor(informative, device=scores.device))
+                kept.append((select_groups(rollout, informative), raw[rows], scores[rows]))
+                n_kept += len(informative)
+            if n_kept >= target or draws >= self.rollout_cfg.max_resample_rounds:
+                break
+            draws += 1
+            rollout, raw, scores = self._scored(self._extra_prompts(target, draws), draws)
+        metrics = {"dynamic_sampling/dropped_groups": scores.new_tensor(float(dropped)),
+                   "dynamic_sampling/draws": scores.new_tensor(float(draws)),
+                   "dynamic_sampling/groups": scores.new_tensor(float(n_kept)),
+                   "dynamic_sampling/capped": scores.new_tensor(float(n_kept < target))}
+        if not kept:
+            return first, metrics
+        merged = concatenate([r for r, _, _ in kept], self.tokenizer.pad_token_id)
+        return (merged, torch.cat([r for _, r, _ in kept]),
+                torch.cat([s for _, _, s in kept])), metrics
 
     def _score(self, rollout: Rollout) -> torch.Tensor:
         scores = self.reward(rollout.prompts, rollout.completions)
@@ -151,9 +226,11 @@ class OnlineModule(PolicyModule):
     # -- the steps ---------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
-        rollout = self._sample(batch, greedy=False)
-        raw = self._score(rollout)
-        scores = apply_missing_eos_penalty(raw, rollout.ended, self.missing_eos_penalty)
+        drawn = self._scored(batch)
+        sampling_metrics = {}
+        if self.rollout_cfg.dynamic_sampling:
+            drawn, sampling_metrics = self._dynamically_sampled(batch, drawn)
+        rollout, raw, scores = drawn
         minibatches = self._minibatches(len(rollout.completions))
         experience, entropy = self.experience(rollout, scores, minibatches[0])
         advantages = self.objective.advantages(experience)
@@ -179,6 +256,7 @@ class OnlineModule(PolicyModule):
                 step_metrics.append({"loss": out.loss.detach(), **out.metrics})
 
         metrics = self._rollout_metrics(rollout, raw, experience, entropy)
+        metrics.update(sampling_metrics)
         metrics.update(advantages.metrics)
         for name in dict.fromkeys(k for m in step_metrics for k in m):
             # Means over the rollout's optimizer steps (each a minibatch mean).
@@ -197,8 +275,15 @@ class OnlineModule(PolicyModule):
         mask = experience.mask
         metrics = {"reward/mean": raw, "reward/std": raw.std() if raw.numel() > 1
                    else raw.new_zeros(()),
+                   # Share of prompts whose samples all got the same score (what the
+                   # objective sees): zero advantage under a group baseline.
+                   "reward/zero_std_fraction": uniform_groups(
+                       experience.scores, experience.group).float().mean(),
                    "response/length": rollout.lengths.float(),
+                   "response/length_max": rollout.lengths.max().float(),
                    "response/ended": rollout.ended.float(),
+                   # No EOS within rollout.max_new_tokens: cut.
+                   "response/truncated": (~rollout.ended).float(),
                    # Token-weighted (the module weighs it by the rollout's tokens).
                    "entropy": entropy.sum() / mask.sum().clamp(min=1)}
         if experience.ref_logps is not None:

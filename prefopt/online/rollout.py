@@ -24,6 +24,9 @@ from transformers import GenerationConfig
 from prefopt.data.collate import left_padded, right_padded
 from prefopt.data.records import Text
 
+# Dynamic sampling's draws per step are numbered below this (their seeds depend on it).
+MAX_DRAWS = 1000
+
 
 @dataclass
 class RolloutConfig:
@@ -35,6 +38,13 @@ class RolloutConfig:
     """Sampling temperature; log-probs are taken at the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling: 1 samples from the whole distribution."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop the prompts whose samples all scored the same (a
+    group baseline gives them zero advantage) and sample more prompts until the batch
+    is full again."""
+    max_resample_rounds: int = 3
+    """Dynamic sampling's cap: at most this many extra draws of data.batch_size prompts
+    per step; when it is hit the step trains on the groups it has (logged)."""
 
 
 @dataclass
@@ -54,6 +64,50 @@ def check_config(cfg: RolloutConfig) -> None:
             raise ValueError(f"rollout.{name} must be > 0, got {getattr(cfg, name)}")
     if not 0.0 < cfg.top_p <= 1.0:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
+    if not 0 <= cfg.max_resample_rounds < MAX_DRAWS:
+        raise ValueError(f"rollout.max_resample_rounds must be in [0, {MAX_DRAWS}), got "
+                         f"{cfg.max_resample_rounds}")
+    if cfg.dynamic_sampling and cfg.num_samples < 2:
+        raise ValueError("rollout.dynamic_sampling compares the rewards of a prompt's "
+                         f"samples: it needs rollout.num_samples >= 2, got {cfg.num_samples}")
+
+
+def select_groups(rollout: Rollout, groups: list[int]) -> Rollout:
+    """The rows of the prompts `groups` (their order kept), renumbered 0..len(groups)-1."""
+    group = rollout.batch["group"]
+    rows = [r for g in groups for r in (group == g).nonzero().flatten().tolist()]
+    index = torch.tensor(rows, dtype=torch.long, device=group.device)
+    renumber = {g: i for i, g in enumerate(groups)}
+    batch = {key: value[index] for key, value in rollout.batch.items()}
+    batch["group"] = torch.tensor([renumber[int(group[r])] for r in rows],
+                                  device=group.device)
+    return Rollout(batch=batch, prompts=[rollout.prompts[r] for r in rows],
+                   completions=[rollout.completions[r] for r in rows],
+                   ended=rollout.ended[index], lengths=rollout.lengths[index])
+
+
+def concatenate(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """One rollout of all the rows of `rollouts`, prompts numbered on, right-padded to
+    the widest (padding after a row changes none of its log-probs)."""
+    width = max(r.batch["input_ids"].shape[1] for r in rollouts)
+    batch: dict[str, list[torch.Tensor]] = {}
+    offset = 0
+    for r in rollouts:
+        for key, value in r.batch.items():
+            if key == "group":
+                value = value + offset
+            elif value.shape[1] < width:
+                padded = value.new_full((value.shape[0], width),
+                                        pad_token_id if key == "input_ids" else 0)
+                padded[:, :value.shape[1]] = value
+                value = padded
+            batch.setdefault(key, []).append(value)
+        offset += int(r.batch["group"].max()) + 1
+    return Rollout(batch={key: torch.cat(values) for key, values in batch.items()},
+                   prompts=[p for r in rollouts for p in r.prompts],
+                   completions=[c for r in rollouts for c in r.completions],
+                   ended=torch.cat([r.ended for r in rollouts]),
+                   lengths=torch.cat([r.lengths for r in rollouts]))
 
 
 def _cut_at_eos(tokens: list[int], eos_id: int) -> tuple[list[int], bool]:

@@ -53,7 +53,8 @@ class TrainConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     """Lightning loggers by name, each instantiated from its `_target_`."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """Online objectives (reinforce, ppo): how completions are sampled."""
+    """Online objectives (reinforce, ppo, grpo): how completions are sampled, and DAPO's
+    dynamic sampling."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Online objectives: what scores the samples (group `reward`: synthetic, model)."""
     online: bool = False

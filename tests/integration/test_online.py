@@ -216,3 +216,139 @@ def test_a_crashed_online_run_resumes_exactly(compose, monkeypatch, tmp_path, di
              if r["train/ppo/kl_coef"]][-1]
     assert again["train/ppo/kl_coef"] == last["train/ppo/kl_coef"] != "0.05"
     assert again["train/reward/mean"] == last["train/reward/mean"]
+
+
+# -- dynamic sampling (DAPO) -------------------------------------------------------------
+
+def _scores_by_prompt(prompts, completions):
+    """'sort' prompts: 1 for every sample (a uniform group); 'reverse' prompts: a score
+    that differs between different completions."""
+    return torch.tensor([1.0 if p.startswith("sort") else
+                         (sum(map(ord, c)) % 997) / 997 + 0.001 * len(c)
+                         for p, c in zip(prompts, completions)])
+
+
+def _sampling_module(tokenizer, model, reward, seed=0, **rollout):
+    from prefopt.data.prompts import EncodedPrompt, collate_prompts
+    from prefopt.online.module import OnlineModule
+    from prefopt.online.rollout import RolloutConfig
+    from prefopt.plugins.grpo import GRPO
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
+
+    module = OnlineModule(model, None, GRPO(GRPO.Config(name="grpo", beta=0.0)),
+                          OptimizerConfig(), SchedulerConfig(), tokenizer, reward=reward,
+                          rollout=RolloutConfig(num_samples=2, max_new_tokens=4,
+                                                dynamic_sampling=True, **rollout),
+                          logprob_impl="torch", seed=seed)
+    texts = [f"{task} {n:04d}" for n in range(20) for task in ("sort", "reverse")]
+    module.prompt_pool = [EncodedPrompt(t, tokenizer(t)["input_ids"], f"pool:{i}")
+                          for i, t in enumerate(texts)]
+    return module, collate_prompts(module.prompt_pool[:4])  # 2 sort, 2 reverse
+
+
+def _uniform_groups_by_hand(prompts, scores, k):
+    return sum(len(set(scores[g * k:(g + 1) * k].tolist())) == 1
+               for g in range(len(prompts) // k))
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_refills_the_batch(tokenizer, tiny_model,
+                                                                     monkeypatch):
+    from prefopt.online.module import OnlineModule
+
+    module, batch = _sampling_module(tokenizer, tiny_model, _scores_by_prompt)
+    draws = []
+    scored = OnlineModule._scored
+
+    def spy(self, prompts, draw=0):
+        out = scored(self, prompts, draw)
+        draws.append(out)
+        return out
+
+    monkeypatch.setattr(OnlineModule, "_scored", spy)
+    (rollout, raw, scores), metrics = module._dynamically_sampled(batch, module._scored(batch))
+    assert len(draws) >= 2  # the 2 sort prompts of the first draw had to be replaced
+    dropped = sum(_uniform_groups_by_hand(r.prompts, s, 2) for r, _, s in draws)
+    assert metrics["dynamic_sampling/dropped_groups"].item() == dropped >= 2
+    assert metrics["dynamic_sampling/draws"].item() == len(draws) - 1
+    assert metrics["dynamic_sampling/capped"].item() == 0.0
+    # a full batch of 4 prompts x 2 samples, none of them uniform, none of them 'sort'
+    assert len(rollout.completions) == 8 and rollout.batch["group"].tolist() == \
+        [0, 0, 1, 1, 2, 2, 3, 3]
+    assert _uniform_groups_by_hand(rollout.prompts, scores, 2) == 0
+    assert not any(p.startswith("sort") for p in rollout.prompts)
+    # the rows are the samples that were drawn: the kept rows of each draw, in order
+    kept = [(p, c) for r, _, s in draws for i, (p, c) in enumerate(zip(r.prompts, r.completions))
+            if len(set(s[i // 2 * 2:i // 2 * 2 + 2].tolist())) > 1]
+    assert list(zip(rollout.prompts, rollout.completions)) == kept[:8]
+    torch.testing.assert_close(raw, _scores_by_prompt(rollout.prompts, rollout.completions))
+    for row in range(8):  # the token rows still hold each completion, right-padded
+        ids = rollout.batch["input_ids"][row][rollout.batch["completion_mask"][row]]
+        assert tokenizer.decode(ids, skip_special_tokens=True) == rollout.completions[row]
+
+
+def test_dynamic_sampling_honours_its_cap_and_trains_on_the_first_draw(tokenizer, tiny_model):
+    def constant(prompts, completions):
+        return torch.ones(len(completions))
+
+    module, batch = _sampling_module(tokenizer, tiny_model, constant, max_resample_rounds=2)
+    first = module._scored(batch)
+    (rollout, _, _), metrics = module._dynamically_sampled(batch, first)
+    assert metrics["dynamic_sampling/draws"].item() == 2
+    assert metrics["dynamic_sampling/dropped_groups"].item() == 3 * 4  # 3 draws of 4
+    assert metrics["dynamic_sampling/capped"].item() == 1.0
+    assert metrics["dynamic_sampling/groups"].item() == 0
+    assert rollout is first[0]
+
+
+def test_dynamic_sampling_draws_depend_on_the_seed_and_step_only(tokenizer, tiny_model,
+                                                                 monkeypatch):
+    """What a resumed run relies on: a fresh module at the same step draws the same extra
+    prompts and samples; another step draws others."""
+    import types
+
+    def at_step(step, seed=0):
+        module, batch = _sampling_module(tokenizer, tiny_model, _scores_by_prompt, seed=seed)
+        module._trainer = types.SimpleNamespace(global_step=step)
+        monkeypatch.setattr(type(module), "global_step", property(
+            lambda self: self._trainer.global_step))
+        (rollout, _, _), _ = module._dynamically_sampled(batch, module._scored(batch))
+        return rollout.prompts, rollout.completions
+
+    drawn = at_step(5)
+    assert at_step(5) == drawn
+    assert at_step(6) != drawn
+    assert at_step(5, seed=1) != drawn
+
+
+@pytest.mark.slow
+def test_online_grpo_run_with_dynamic_sampling_logs_and_resumes_exactly(compose, monkeypatch,
+                                                                        tmp_path,
+                                                                        digits_reward):
+    from prefopt.online.module import OnlineModule
+
+    run = ["objective=dapo", *ONLINE, "trainer.max_steps=4", "rollout.dynamic_sampling=true",
+           "rollout.max_resample_rounds=1", digits_reward]
+    whole = train(compose(*run, f"output_dir={tmp_path / 'whole'}"))
+    logged = {k for r in _rows(tmp_path / "whole" / "metrics.csv") for k, v in r.items() if v}
+    assert {"train/dynamic_sampling/dropped_groups", "train/dynamic_sampling/draws",
+            "train/dynamic_sampling/capped", "train/dynamic_sampling/groups",
+            "train/grpo/clip_fraction_low", "train/grpo/clip_fraction_high",
+            "train/grpo/overlong_penalty", "train/reward/zero_std_fraction",
+            "train/response/length_max", "train/response/truncated"} <= logged
+    step = OnlineModule.training_step
+
+    def crash(self, batch, batch_idx):  # after the checkpoint at step 2
+        if self.global_step >= 3:
+            raise _Crash("killed")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(OnlineModule, "training_step", crash)
+    with pytest.raises(_Crash):
+        train(compose(*run, f"output_dir={tmp_path / 'crashed'}"))
+    monkeypatch.setattr(OnlineModule, "training_step", step)
+    resumed = train(compose(*run, f"output_dir={tmp_path / 'crashed'}", "ckpt_path=last"))
+    assert resumed["end"] == pytest.approx(whole["end"], rel=1e-6)
+    key = "train/dynamic_sampling/dropped_groups"
+    last = [r for r in _rows(tmp_path / "whole" / "metrics.csv") if r[key]][-1]
+    again = [r for r in _rows(tmp_path / "crashed" / "metrics.csv") if r[key]][-1]
+    assert (again[key], again["train/reward/mean"]) == (last[key], last["train/reward/mean"])

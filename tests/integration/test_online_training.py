@@ -1,5 +1,5 @@
-"""REINFORCE and PPO raise the mean programmatic reward of a briefly trained tiny policy by
-at least 0.3 (on the 0..1 scale of `synthetic.score`) on the CPU.
+"""REINFORCE, PPO and GRPO raise the mean programmatic reward of a briefly trained tiny
+policy by at least 0.3 (on the 0..1 scale of `synthetic.score`) on the CPU.
 
 Measured independently of the training loop: the exported policies (the SFT warm start
 and the RL result) are loaded with `load_policy`, sample completions of held-out prompts
@@ -17,6 +17,7 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50"]
 RUNS = {
     "reinforce": ["trainer.max_steps=450"],
     "ppo": ["objective.epochs=2", "objective.minibatches=2", "trainer.max_steps=1000"],
+    "grpo": ["trainer.max_steps=300"],
 }
 
 

@@ -120,3 +120,10 @@ def test_adaptive_kl_controller_by_hand():
 
 def test_group_sizes():
     assert rl.group_sizes(torch.tensor([0, 0, 1, 2, 2, 2])).tolist() == [2, 2, 1, 3, 3, 3]
+
+
+def test_uniform_groups_by_hand():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.5, -2.0, -2.0, -2.0, 3.0])
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
+    # group 3 has one sample: trivially uniform
+    assert rl.uniform_groups(rewards, group).tolist() == [True, False, True, True]
