@@ -57,6 +57,9 @@ def run(spec) -> StepClock:
                         collate_fn=lambda g: collate_groups(g, PAD_ID))
     trainer = pl.Trainer(accelerator=spec.device.type, devices=1, precision=spec.precision,
                          max_steps=clock.total_steps, gradient_clip_val=1.0, logger=False,
+                         # Every step's metrics, as TRL's side logs them (logging_steps=1):
+                         # the module records all of them only on steps the loggers write.
+                         log_every_n_steps=1,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=[_Callbacks(clock)])
