@@ -30,6 +30,8 @@ FLOORS = [
     # runs and tools on top; the Python API beside prefopt-train, which calls it
     ("prefopt.training", "prefopt.generate", "prefopt.evaluate", "prefopt.testing",
      "prefopt.api"),
+    # experiments over many runs, through the API
+    ("prefopt.compare",),
 ]
 
 
