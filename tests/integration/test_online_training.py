@@ -23,7 +23,7 @@ RUNS = {
     # tokens); with 8 new tokens and answers of up to 7 it only marks a completion that
     # never ended.
     "dapo": ["trainer.max_steps=450", "objective.overlong_cache=1",
-             "rollout.dynamic_sampling=true"],
+             "rollout.dynamic_sampling=true", "rollout.max_resample_rounds=1"],
 }
 
 

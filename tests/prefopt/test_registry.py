@@ -283,7 +283,7 @@ def test_builtin_presets_are_listed_from_prefopts_config(compose, capsys):
     assert rpo.file == Path(prefopt.conf.__file__).parent / "objective" / "rpo.yaml"
     assert (rpo.source.distribution, rpo.source.module) == ("prefopt", "prefopt.conf")
     assert compose("objective=rpo").objective.name == "mix"
-    assert "(presets: rpo)" in registry.unknown_name_message("rpoo")
+    assert "(presets: dapo, dr_grpo, gspo, rpo)" in registry.unknown_name_message("rpoo")
     assert registry.unknown_objectives(["objective=rpo"]) == []
     plugins_entry([])
     row = next(line for line in capsys.readouterr().out.splitlines()

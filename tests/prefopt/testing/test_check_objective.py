@@ -70,7 +70,7 @@ def test_every_builtin_is_checked():
     assert builtins == {"dpo", *BUILTIN_CHECKS, *ONLINE, *CHECKED_IN_THEIR_OWN_TESTS}
 
 
-ONLINE = {"reinforce", "ppo"}
+ONLINE = {"reinforce", "ppo", "grpo"}
 # Objectives whose own test file, tests/plugins/test_<name>.py, runs the kit on them.
 CHECKED_IN_THEIR_OWN_TESTS = {"orpo", "cpo", "slic", "robust_dpo", "bco", "nca", "apo", "sppo",
                               "exo", "discopop", "aot", "mix"}
