@@ -26,23 +26,23 @@ import torch
 from prefopt.data.collate import ROW_KEYS
 from prefopt.data.prompts import collate_prompts
 from prefopt.objective import Advantages, Experience, OnlineLogps, OnlineObjective, ValueModel
-from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
+from prefopt.online.rewards import apply_missing_eos_penalty
 from prefopt.online.rollout import (
     MAX_DRAWS,
     Rollout,
     RolloutConfig,
     check_config,
     concatenate,
-    sample,
     select_groups,
 )
+from prefopt.online.scoring import SamplesAndScores
 from prefopt.online.value import build_value_model, token_values
 from prefopt.rl import KLEstimator, kl_estimate, uniform_groups
 from prefopt.training import optim
 from prefopt.training.policy import PolicyModule
 
 
-class OnlineModule(PolicyModule):
+class OnlineModule(SamplesAndScores, PolicyModule):
     def __init__(self, policy, reference, objective: OnlineObjective, optimizer, scheduler,
                  tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
                  seed: int = 0, missing_eos_penalty: float | None = None):
@@ -85,12 +85,8 @@ class OnlineModule(PolicyModule):
 
     def _sample(self, batch: dict, greedy: bool, draw: int = 0) -> Rollout:
         """`draw` > 0: dynamic sampling's extra draws, each seeded apart from the others."""
-        devices = [self.device] if self.device.type == "cuda" else []
         seed = self._step_seed() if draw == 0 else self._draw_seed(draw)
-        with torch.random.fork_rng(devices=devices):  # no other random state disturbed
-            torch.manual_seed(seed)
-            return sample(self.policy, self.tokenizer, batch["prompts"], batch["prompt_ids"],
-                          self.rollout_cfg, greedy=greedy)
+        return self._seeded_sample(batch, seed, greedy=greedy)
 
     def _draw_seed(self, draw: int) -> int:
         # A function of (seed, step, draw) only, in a range of its own (from 2^62 up; the
@@ -150,13 +146,6 @@ class OnlineModule(PolicyModule):
         merged = concatenate([r for r, _, _ in kept], self.tokenizer.pad_token_id)
         return (merged, torch.cat([r for _, r, _ in kept]),
                 torch.cat([s for _, _, s in kept])), metrics
-
-    def _score(self, rollout: Rollout) -> torch.Tensor:
-        scores = self.reward(rollout.prompts, rollout.completions)
-        if scores.shape != (len(rollout.completions),):
-            raise RewardError(f"the reward source returned {tuple(scores.shape)} scores for "
-                              f"{len(rollout.completions)} samples")
-        return scores.to(self.device, torch.float32)
 
     def _forward(self, rows: dict[str, torch.Tensor], grad: bool):
         """Token log-probs, entropy and values of the policy on `rows`: the one code path
@@ -299,18 +288,3 @@ class OnlineModule(PolicyModule):
         self._log({"reward/mean": raw, "response/length": rollout.lengths.float(),
                    "response/ended": rollout.ended.float()}, "val", {},
                   len(batch["prompts"]))
-
-    # -- state -------------------------------------------------------------------------
-
-    def on_fit_start(self) -> None:
-        self._reward_to_device()
-
-    def on_validation_start(self) -> None:
-        self._reward_to_device()
-
-    def _reward_to_device(self) -> None:
-        # A reward model is not a submodule (it is not trained or checkpointed): move it
-        # to the policy's device by hand.
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-

@@ -53,8 +53,9 @@ from prefopt.data.datamodule import DataConfig, PreferenceDataModule
 from prefopt.data.prompts import PromptDataModule
 from prefopt.data.tokenize import EncodedGroup
 from prefopt.objective import BatchFormat, Objective
-from prefopt.online.rewards import RewardError, apply_missing_eos_penalty
-from prefopt.online.rollout import Rollout, RolloutConfig, check_config, sample
+from prefopt.online.rewards import apply_missing_eos_penalty
+from prefopt.online.rollout import Rollout, RolloutConfig, check_config
+from prefopt.online.scoring import SamplesAndScores
 from prefopt.training.module import PreferenceModule
 
 
@@ -116,7 +117,7 @@ def pair_groups(rollout: Rollout, prompt_ids: list[list[int]], pairs: JudgedPair
             for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected)]
 
 
-class OnlinePairsModule(PreferenceModule):
+class OnlinePairsModule(SamplesAndScores, PreferenceModule):
     """A PreferenceModule whose training pairs are sampled and judged at every step (the
     module docstring); validation is the offline one, on held-out recorded pairs."""
 
@@ -143,18 +144,7 @@ class OnlinePairsModule(PreferenceModule):
         return (self.seed * 1_000_003 + epoch) * 1_000_033 + batch_idx
 
     def sample_batch(self, batch: dict, batch_idx: int) -> Rollout:
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # no other random state disturbed
-            torch.manual_seed(self._batch_seed(batch_idx))
-            return sample(self.policy, self.tokenizer, batch["prompts"], batch["prompt_ids"],
-                          self.rollout_cfg)
-
-    def _score(self, rollout: Rollout) -> torch.Tensor:
-        scores = self.reward(rollout.prompts, rollout.completions)
-        if scores.shape != (len(rollout.completions),):
-            raise RewardError(f"the reward source returned {tuple(scores.shape)} scores for "
-                              f"{len(rollout.completions)} samples")
-        return scores.to(self.device, torch.float32)
+        return self._seeded_sample(batch, self._batch_seed(batch_idx))
 
     def judged_batch(self, batch: dict, batch_idx: int
                      ) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor]]:
@@ -191,17 +181,6 @@ class OnlinePairsModule(PreferenceModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
                  on_epoch=False, batch_size=1)
         return loss
-
-    def on_fit_start(self) -> None:
-        self._reward_to_device()
-
-    def on_validation_start(self) -> None:
-        self._reward_to_device()
-
-    def _reward_to_device(self) -> None:
-        # A reward model is not a submodule (not trained, not checkpointed).
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
 
 
 class OnlinePairsData(pl.LightningDataModule):
