@@ -123,6 +123,20 @@ def _build_offline(cfg: DictConfig, objective: Objective):
     return module, datamodule, tokenizer
 
 
+def _sampling_parts(cfg: DictConfig, name: str, needs: Needs):
+    """What both kinds of run on the policy's own samples build alike: the models, the
+    reward source, and the reward and rollout settings. A cached reference cannot serve
+    them: the completions are new at every step."""
+    if cfg.reference == "cached":
+        online = " with online=true" if cfg.get("online") else ""
+        raise ConfigError(f"reference=cached cannot serve objective '{name}'{online}: it "
+                          "samples new completions at every step; use reference=model")
+    tokenizer, policy, reference = _models(cfg, needs, reference=needs.reference)
+    reward_cfg = OmegaConf.to_object(cfg.reward)
+    rollout_cfg = OmegaConf.to_object(cfg.rollout)
+    return tokenizer, policy, reference, build_reward(reward_cfg), reward_cfg, rollout_cfg
+
+
 def _build_online(cfg: DictConfig, objective: Objective):
     """An online objective (prompts in, samples scored by the reward source)."""
     name, needs = objective.config.name, objective.needs()
@@ -130,16 +144,11 @@ def _build_online(cfg: DictConfig, objective: Objective):
         raise registry.PluginError(f"objective '{name}' consumes "
                                    f"{objective.batch_format.value}, which only online "
                                    "objectives (subclasses of OnlineObjective) can")
-    if cfg.reference == "cached":
-        raise ConfigError(f"reference=cached cannot serve objective '{name}': it samples new "
-                          "completions at every step; use reference=model")
     if needs.reward_model:
         raise registry.PluginError(f"objective '{name}': an online objective trains a policy, "
                                    "not a reward model")
-    tokenizer, policy, reference = _models(cfg, needs, reference=needs.reference)
-    reward_cfg = OmegaConf.to_object(cfg.reward)
-    rollout_cfg = OmegaConf.to_object(cfg.rollout)
-    reward = build_reward(reward_cfg)
+    tokenizer, policy, reference, reward, reward_cfg, rollout_cfg = _sampling_parts(
+        cfg, name, needs)
     datamodule = PromptDataModule(OmegaConf.to_object(cfg.data), tokenizer,
                                   max_new_tokens=rollout_cfg.max_new_tokens, seed=cfg.seed)
     module = OnlineModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
@@ -155,14 +164,8 @@ def _build_online_pairs(cfg: DictConfig, objective: Objective):
     reason = refusal(objective)
     if reason:
         raise ConfigError(reason)
-    if cfg.reference == "cached":
-        raise ConfigError(f"reference=cached cannot serve objective '{name}' with "
-                          "online=true: it samples new completions at every step; use "
-                          "reference=model")
-    tokenizer, policy, reference = _models(cfg, needs, reference=needs.reference)
-    reward_cfg = OmegaConf.to_object(cfg.reward)
-    rollout_cfg = OmegaConf.to_object(cfg.rollout)
-    reward = build_reward(reward_cfg)
+    tokenizer, policy, reference, reward, reward_cfg, rollout_cfg = _sampling_parts(
+        cfg, name, needs)
     datamodule = OnlinePairsData(OmegaConf.to_object(cfg.data), tokenizer,
                                  max_new_tokens=rollout_cfg.max_new_tokens, seed=cfg.seed,
                                  mismatched=needs.mismatched_pairs)
