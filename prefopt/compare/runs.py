@@ -74,7 +74,8 @@ def _flat(cfg: DictConfig) -> dict[str, str]:
 
 # Keys that differ between runs without making them different settings.
 _NOT_SETTINGS = ("seed", "output_dir", "ckpt_path", "export_policy", "progress_bar",
-                 "reference_cache_dir", "logger", "trainer.enable_progress_bar")
+                 "reference_cache_dir", "reference_reuse", "logger",
+                 "trainer.enable_progress_bar")
 
 
 def label_runs(entries: list[RunEntry]) -> None:

@@ -4,6 +4,7 @@ Rows are group-major: the completions of group 0 (for a pair: chosen, then rejec
 those of group 1, and so on. `group` and `slot` say which prompt and which completion each
 row is. With `mismatched=True` one more row per group pairs its prompt with the first
 completion of the next group (slot -1): KTO's estimate of the KL reference point.
+`row_hashes` identify every row by its tokens (`prefopt.reference_memo`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.tokenize import EncodedGroup
+from prefopt.reference_memo import row_key
 
 MISMATCHED_SLOT = -1
 # The per-row tensors of a batch, what a forward pass and the log-probs read.
 ROW_KEYS = ("input_ids", "attention_mask", "completion_mask")
+# Each row's two 64-bit token hashes (`prefopt.reference_memo.row_key`): [R, 2] int64.
+ROW_HASHES = "row_hashes"
 
 
 def right_padded(rows: list[tuple[list[int], list[int]]], pad_id: int
@@ -66,7 +70,10 @@ def collate_groups(groups: list[EncodedGroup], pad_id: int, mismatched: bool = F
             slot_index.append(MISMATCHED_SLOT)
             ranks.append(0)
     batch = {**right_padded(rows, pad_id), "group": torch.tensor(group_index),
-             "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks)}
+             "slot": torch.tensor(slot_index), "ranks": torch.tensor(ranks),
+             # The rows' token hashes, for the reference memo (which the
+             # training module keeps on the host, where it looks them up).
+             ROW_HASHES: torch.tensor([row_key(p, c) for p, c in rows], dtype=torch.long)}
     if groups and groups[0].label is not None:
         batch["labels"] = torch.tensor([bool(g.label) for g in groups])
     if groups and groups[0].attributes is not None:

@@ -256,8 +256,7 @@ class OnlineModule(SamplesAndScores, PolicyModule):
         loss = metrics.pop("loss", None)
         metrics = {"loss": loss, **metrics} if loss is not None else metrics
         self._log(metrics, "train", {"entropy": n_tokens}, len(batch["prompts"]))
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False,
-                 batch_size=1)
+        self.metric_log.log_learning_rate(self, optimizer.param_groups[0]["lr"])
 
     def _rollout_metrics(self, rollout: Rollout, raw: torch.Tensor, experience: Experience,
                          entropy: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -121,6 +121,8 @@ class OnlinePairsModule(SamplesAndScores, PreferenceModule):
     """A PreferenceModule whose training pairs are sampled and judged at every step (the
     module docstring); validation is the offline one, on held-out recorded pairs."""
 
+    KEEPS_TRAINING_REFERENCES = False  # new samples at every step: none comes again
+
     def __init__(self, policy, reference, objective: Objective, optimizer, scheduler,
                  tokenizer, reward, rollout: RolloutConfig, logprob_impl: str = "auto",
                  seed: int = 0, missing_eos_penalty: float | None = None):
@@ -178,8 +180,7 @@ class OnlinePairsModule(SamplesAndScores, PreferenceModule):
         if pair_batch is None:
             return None  # only ties: no backward, so no gradient and no update
         loss = self._step(pair_batch, "train")
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
-                 on_epoch=False, batch_size=1)
+        self.metric_log.log_learning_rate(self, self.optimizers().param_groups[0]["lr"])
         return loss
 
 

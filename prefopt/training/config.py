@@ -71,6 +71,10 @@ class TrainConfig:
     model is not kept in memory for training)."""
     reference_cache_dir: Optional[str] = None
     """Where cached reference log-probs live; empty: $PREFOPT_CACHE_DIR or ~/.cache/prefopt."""
+    reference_reuse: bool = True
+    """reference=model: the reference's summed log-probs of a sequence it scored are kept in
+    memory and reused when the same tokens come again (the held-out set at every
+    validation; training data past its first epoch). false: score them every time."""
     ckpt_path: Optional[str] = None
     """Resume from a checkpoint: `last` (<output_dir>/checkpoints/last.ckpt) or a path."""
     progress_bar: ProgressBar = ProgressBar.rich

@@ -6,9 +6,12 @@ stops every device together, and Lightning gets values it only has to record.
 
 Lightning hands a training step's values to the loggers only every
 `trainer.log_every_n_steps` steps; recording a value with `LightningModule.log` costs
-~0.3 ms on the CPU whether it is written or not (~5 s of a 60 s default job). So on the
-other training steps only the progress bar's metrics are recorded: what the loggers
-receive is unchanged. Validation values are always recorded (they are epoch means).
+~0.3 ms on the CPU whether it is written or not (~5 s of a 60 s default job). So a
+training step's values (the learning rate's too, `log_learning_rate`) are recorded with
+Lightning only on the steps the loggers write: what they receive is unchanged. The
+progress bar reads the latest training loss and accuracy from `MetricLog.bar` instead
+(`prefopt.training.progress`), every step. Validation values are always recorded (they
+are epoch means).
 
 The finiteness check reads the means back from the device, which on an accelerator makes
 the host wait for the step's work to finish. On the CPU that is free and every logged batch
@@ -148,6 +151,9 @@ class MetricLog:
         # Means not yet checked: (names, their stacked values, stage, step, objective,
         # precision) per logged batch, oldest first.
         self._unchecked: list[tuple] = []
+        # The latest training step's progress-bar metrics ("train/loss": its mean), read
+        # by the progress bars at every step: they need not go through Lightning's log.
+        self.bar: dict[str, torch.Tensor] = {}
 
     def log(self, module: pl.LightningModule, metrics: Mapping[str, torch.Tensor], stage: str,
             weights: Mapping[str, int], n_groups: int) -> None:
@@ -170,12 +176,14 @@ class MetricLog:
             if len(self._unchecked) >= every:
                 self.check()
         on_step = stage == "train"
-        # Values the loggers would not receive: only the progress bar reads them.
-        bar_only = on_step and not logger_writes_this_step(module._trainer)
+        if on_step:
+            # Updated, not replaced: a module may log a step's metrics in two parts (online
+            # pairs: the rollout's, then the pairs' loss).
+            self.bar.update({f"{stage}/{name}": reduced[name][0]
+                             for name in PROGRESS_BAR_METRICS if name in reduced})
+            if not logger_writes_this_step(module._trainer):
+                return  # the loggers would not receive them; the bar reads `self.bar`
         for name, (mean, weight) in reduced.items():
-            prog_bar = name in PROGRESS_BAR_METRICS
-            if bar_only and not prog_bar:
-                continue
             # Already the global batch's value on every device: train/ values are those of
             # the whole step, and Lightning's epoch average of val/ ones, weighted by each
             # batch's global weight, is the mean over the whole validation set. sync_dist
@@ -183,7 +191,14 @@ class MetricLog:
             # Lightning's warning about unsynced epoch metrics.
             module.log(f"{stage}/{name}", mean, batch_size=weight, on_step=on_step,
                        on_epoch=not on_step, sync_dist=not on_step,
-                       prog_bar=prog_bar)
+                       prog_bar=not on_step and name in PROGRESS_BAR_METRICS)
+
+    @staticmethod
+    def log_learning_rate(module: pl.LightningModule, lr: float) -> None:
+        """`train/lr`, on the training steps the loggers write (as Lightning's
+        LearningRateMonitor does)."""
+        if logger_writes_this_step(module._trainer):
+            module.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=1)
 
     def check(self) -> None:
         """Raise NonFiniteError for the oldest logged batch with a non-finite mean (as

@@ -2,7 +2,8 @@
 
 One step: chosen and rejected sequences go through the policy in one forward (they are
 stacked in the batch), completion log-probs come from `prefopt.logprobs` (reference ones
-under no_grad), the format's builder in `prefopt.objective.FORMATS` turns them into the
+under no_grad, or from `prefopt.reference_memo` for rows the reference already scored in
+this run), the format's builder in `prefopt.objective.FORMATS` turns them into the
 objective's loss input, and the module logs the loss, the objective's metrics and its own
 (`logps/*`, `kl`, `entropy`) under `train/` or `val/`. What it shares with the online
 module (reference log-probs, metric reduction, the optimizer) is `PolicyModule`'s.
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.data.collate import MISMATCHED_SLOT, ROW_KEYS
+from prefopt.data.collate import MISMATCHED_SLOT, ROW_HASHES, ROW_KEYS
 from prefopt.logprobs import SequenceLogps
 from prefopt.objective import FORMATS, AttributeScale, Objective, Rows, TokenLogps
+from prefopt.reference_memo import ReferenceMemo
 from prefopt.training.optim import OptimizerConfig, SchedulerConfig
 from prefopt.training.policy import PolicyModule
 
@@ -31,14 +33,35 @@ class StepData:
     reference: SequenceLogps | None = None
 
 
+def revisits_training_data(trainer) -> bool:
+    """Whether a fit will see some training batch again: more batches to run than one
+    epoch holds (False where an epoch's length is unknown)."""
+    per_epoch = trainer.num_training_batches
+    if not per_epoch or per_epoch == float("inf"):
+        return False
+    return trainer.estimated_stepping_batches * trainer.accumulate_grad_batches > per_epoch
+
+
 class PreferenceModule(PolicyModule):
+    # Whether the reference values of training rows are kept for reuse in a later epoch
+    # (online pairs sample new completions at every step: theirs never come again).
+    KEEPS_TRAINING_REFERENCES = True
+
     def __init__(self, policy, reference, objective: Objective, optimizer: OptimizerConfig,
                  scheduler: SchedulerConfig, logprob_impl: str = "auto",
-                 reference_cached: bool = False, schema=None):
+                 reference_cached: bool = False, schema=None, reference_reuse: bool = True):
         """`schema`: the AttributeSchema of attributed records (an attribute model's
-        outputs follow its order and scale)."""
+        outputs follow its order and scale). `reference_reuse`: keep the reference's
+        summed log-probs of the rows it scores and reuse them when the same tokens come
+        again (`prefopt.reference_memo`): in every validation, and in training when the
+        fit runs more than one epoch. Not for per-token reference values (kept whole
+        they would cost the sequences' size) or a cached reference (nothing to compute)."""
         super().__init__(policy, reference, objective, optimizer, scheduler,
                          logprob_impl=logprob_impl, reference_cached=reference_cached)
+        self.reference_memo = ReferenceMemo() if (
+            reference_reuse and self.needs.reference and not self.needs.token_logps
+            and not self.needs.reward_model and not self.reference_cached) else None
+        self._memo_in_training = False
         self.format = FORMATS[objective.batch_format]
         if self.format.logps is None:
             raise ValueError(f"PreferenceModule does not feed {objective.batch_format.value} "
@@ -100,7 +123,7 @@ class PreferenceModule(PolicyModule):
             cached = batch["ref_logps"][~mismatched]
             data.reference = SequenceLogps(cached, policy.tokens, torch.zeros_like(cached))
         elif self.needs.reference:
-            data.reference = self._reference_logps(model_rows)
+            data.reference = self._reference(model_rows, batch.get(ROW_HASHES), policy)
         kl_ratio = None
         if self.needs.mismatched_pairs:
             kl_ratio = self._ratio_mean_across_devices(
@@ -113,6 +136,54 @@ class PreferenceModule(PolicyModule):
                 data.reference.token_logps if data.reference is not None else None)
         return self.format.logps(rows, policy.logps, policy.tokens, ref, kl_ratio,
                                  per_token), data
+
+    # -- reference log-probs, reused -----------------------------------------------------
+
+    def on_train_start(self) -> None:
+        self._memo_in_training = self.KEEPS_TRAINING_REFERENCES and \
+            self.reference_memo is not None and revisits_training_data(self.trainer)
+
+    def _memo_in_use(self) -> bool:
+        trainer = self._trainer  # None outside a Trainer: the conformance kit, unit tests
+        if self.reference_memo is None or trainer is None:
+            return False
+        if getattr(trainer, "training", False):
+            return self._memo_in_training
+        return bool(getattr(trainer, "validating", False))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # The row keys stay on the host: the memo looks them up there, without a sync.
+        if isinstance(batch, dict) and ROW_HASHES in batch:
+            keys = batch[ROW_HASHES]
+            moved = super().transfer_batch_to_device(
+                {k: v for k, v in batch.items() if k != ROW_HASHES}, device, dataloader_idx)
+            return {**moved, ROW_HASHES: keys}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _reference(self, rows: dict[str, torch.Tensor], keys: torch.Tensor | None,
+                   policy: SequenceLogps) -> SequenceLogps:
+        """The reference's log-probs of `rows`, from the memo where it holds them. `keys`:
+        the batch's row keys; the rows are its first ones (mismatched rows come last)."""
+        if keys is None or not self._memo_in_use():
+            return self._reference_logps(rows)
+        keys = [tuple(k) for k in keys[:rows["input_ids"].shape[0]].tolist()]
+
+        def compute(missing: list[int]) -> torch.Tensor:
+            if len(missing) == len(keys):
+                return self._reference_logps(rows).logps
+            index = torch.tensor(missing, device=rows["input_ids"].device)
+            return self._reference_logps({k: v[index] for k, v in rows.items()}).logps
+
+        logps = self.reference_memo.logps(keys, compute, policy.logps.device)
+        # As from a cache: the reference's entropy is not computed (nothing reads it).
+        return SequenceLogps(logps, policy.tokens, torch.zeros_like(logps))
+
+    def reference_reuse_report(self) -> dict[str, int] | None:
+        """Rows whose reference log-probs the memo gave back, and rows it scored."""
+        memo = self.reference_memo
+        if memo is None or memo.reused + memo.computed == 0:
+            return None
+        return {"reused": memo.reused, "computed": memo.computed}
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, data = self.loss_inputs(batch)
@@ -142,8 +213,7 @@ class PreferenceModule(PolicyModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
-                 on_epoch=False, batch_size=1)
+        self.metric_log.log_learning_rate(self, self.optimizers().param_groups[0]["lr"])
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -41,7 +41,7 @@ RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints")
 # checkpoint), so it is refused.
 RESUMABLE = (
     "ckpt_path", "output_dir", "logger", "progress_bar", "export_policy", "logprob_impl",
-    "reference_cache_dir", "trainer.max_steps", "trainer.max_epochs",
+    "reference_cache_dir", "reference_reuse", "trainer.max_steps", "trainer.max_epochs",
     "trainer.val_check_interval", "trainer.check_val_every_n_epoch",
     "trainer.log_every_n_steps", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.num_sanity_val_steps", "trainer.accelerator",

@@ -119,7 +119,8 @@ def _build_offline(cfg: DictConfig, objective: Objective):
                                       condition=not needs.reward_model)
     module = PreferenceModule(policy, reference, objective, OmegaConf.to_object(cfg.optimizer),
                               OmegaConf.to_object(cfg.scheduler), logprob_impl=cfg.logprob_impl,
-                              reference_cached=cached, schema=schema)
+                              reference_cached=cached, schema=schema,
+                              reference_reuse=cfg.get("reference_reuse", True))
     return module, datamodule, tokenizer
 
 
@@ -384,9 +385,11 @@ def _fit(cfg, out: Path, module, datamodule, tokenizer, files: dict[str, str] | 
                    schema=getattr(module, "schema", None))  # attributed records only
         # This process's figures: a resume counts from its own start.
         runtime = time.perf_counter() - started if started is not None else None
+        reuse = getattr(module, "reference_reuse_report", lambda: None)()
         _write_json(out / "summary.json", {"start": start, "end": end,
                                            "steps": trainer.global_step, "runtime_s": runtime,
-                                           **throughput.totals()})
+                                           **throughput.totals(),
+                                           **({"reference_rows": reuse} if reuse else {})})
         for logger in trainer.loggers:
             logger.finalize("success")  # flush metrics.csv before drawing from it
         if earlier:

@@ -21,7 +21,7 @@ FLOORS = [
     ("prefopt.plugins",),
     # data, models, log-probs
     ("prefopt.data", "prefopt.tiny", "prefopt.models", "prefopt.kernels", "prefopt.logprobs",
-     "prefopt.reference_cache"),
+     "prefopt.reference_cache", "prefopt.reference_memo"),
     # scorers of trained models; the shared training machinery and the offline module
     ("prefopt.steer", "prefopt.training.metrics", "prefopt.training.optim",
      "prefopt.training.policy", "prefopt.training.module"),

@@ -63,15 +63,24 @@ class _Trainer:
 
 
 @pytest.mark.parametrize("writes", [True, False])
-def test_train_steps_the_loggers_skip_record_only_the_progress_bar_metrics(writes):
+def test_train_steps_the_loggers_skip_record_nothing_and_the_bar_reads_every_step(writes):
     module = _Recorder()
     module._trainer = _Trainer(writes)
     metrics = {"loss": torch.tensor(0.5), "rewards/accuracies": torch.tensor([1.0, 0.0]),
                "rewards/margins": torch.tensor([2.0, 4.0])}
-    MetricLog().log(module, metrics, "train", {}, 2)
-    bar = {"train/loss": (0.5, 2, True), "train/rewards/accuracies": (0.5, 2, True)}
-    assert module.logged == ({**bar, "train/rewards/margins": (3.0, 2, True)} if writes
-                             else bar)
+    log = MetricLog()
+    log.log(module, metrics, "train", {}, 2)
+    assert module.logged == ({"train/loss": (0.5, 2, True),
+                              "train/rewards/accuracies": (0.5, 2, True),
+                              "train/rewards/margins": (3.0, 2, True)} if writes else {})
+    assert {k: float(v) for k, v in log.bar.items()} == {"train/loss": 0.5,
+                                                         "train/rewards/accuracies": 0.5}
+    # A second part of the same step without them (online pairs: the rollout's metrics)
+    # keeps what the bar shows.
+    log.log(module, {"reward/mean": torch.tensor(0.25)}, "train", {}, 2)
+    assert set(log.bar) == {"train/loss", "train/rewards/accuracies"}
+    MetricLog.log_learning_rate(module, 0.125)
+    assert ("train/lr" in module.logged) == writes
     # Validation values are epoch means: every batch records all of them.
     module.logged.clear()
     MetricLog().log(module, metrics, "val", {}, 2)

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 
 from prefopt.training.config import ConfigError
+from prefopt.training.metrics import MetricLog
 from prefopt.training.progress import StepProgressBar, StepTQDMProgressBar, step_description
 from prefopt.training.train import _progress_bar
 
@@ -30,6 +31,18 @@ def test_description_with_bounded_epochs_and_no_step_limit():
 def test_tqdm_bar_counts_steps_too():
     trainer = types.SimpleNamespace(max_epochs=-1, max_steps=1800, global_step=1200)
     assert step_description(trainer, 3) == "Epoch 3 · step 1200/1800"
+
+
+@pytest.mark.parametrize("bar_type", [StepProgressBar, StepTQDMProgressBar])
+def test_both_bars_show_the_latest_training_metrics_from_the_metric_log(bar_type):
+    """Training values reach the bar through `MetricLog.bar` at every step, not through
+    Lightning's log; validation values still come from Lightning's progress-bar metrics."""
+    import torch
+
+    module = types.SimpleNamespace(metric_log=MetricLog())
+    module.metric_log.bar = {"train/loss": torch.tensor(0.25)}
+    trainer = types.SimpleNamespace(loggers=[], progress_bar_metrics={"val/loss": 0.5})
+    assert bar_type().get_metrics(trainer, module) == {"train/loss": 0.25, "val/loss": 0.5}
 
 
 def test_rich_is_the_default_tqdm_on_request_none_when_disabled(compose):

@@ -2,6 +2,7 @@
 metrics a resume keeps (whole runs: tests/integration/)."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,75 @@ def test_a_run_logs_throughput_and_samples_and_reports_its_runtime(compose, fast
         (step, record.prompt) for step in (0, 2) for record in val[:4]]
     assert all(isinstance(s["completion"], str) for s in samples)
 
+
+def _run_summary_and_metrics(cfg):
+    import json
+
+    train.train(cfg)
+    run = Path(cfg.output_dir)
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return json.loads((run / "summary.json").read_text()), rows
+
+
+def test_reused_reference_log_probs_train_the_same_run_with_fewer_forwards(compose,
+                                                                           fast_overrides,
+                                                                           tmp_path):
+    """20 steps of 4 pairs over 32 records (8 batches an epoch): the first epoch's 64
+    rows are scored, the 12 later steps' 96 rows reused; the 16 held-out rows are scored
+    at the first validation and reused at the other three (the start, steps 10 and 20, the
+    end). Every logged value equals that of the run that scores every row again."""
+    overrides = [*fast_overrides, "trainer.max_steps=20", "trainer.val_check_interval=10",
+                 "samples.count=0", "export_policy=false"]
+    reused, rows = _run_summary_and_metrics(
+        compose(*overrides, f"output_dir={tmp_path / 'reused'}"))
+    assert reused["reference_rows"] == {"computed": 64 + 16, "reused": 12 * 8 + 3 * 16}
+    scored, scored_rows = _run_summary_and_metrics(
+        compose(*overrides, "reference_reuse=false", f"output_dir={tmp_path / 'scored'}"))
+    assert "reference_rows" not in scored
+    assert reused["end"] == pytest.approx(scored["end"], rel=1e-6, abs=1e-6)
+    values = [{k: v for k, v in r.items() if v and not k.startswith("perf/")} for r in rows]
+    expected = [{k: v for k, v in r.items() if v and not k.startswith("perf/")}
+                for r in scored_rows]
+    assert [set(r) for r in values] == [set(r) for r in expected]
+    for got, want in zip(values, expected):
+        assert {k: float(v) for k, v in got.items()} == pytest.approx(
+            {k: float(v) for k, v in want.items()}, rel=1e-5, abs=1e-6)
+
+
+def test_no_reference_reuse_for_per_token_values_or_a_single_epoch(compose, fast_overrides,
+                                                                     tmp_path):
+    from prefopt.objective import Needs
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
+
+    class PerToken(DPO):
+        def needs(self):
+            return Needs(token_logps=True)
+
+    def module(objective):
+        return PreferenceModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), objective,
+                                OptimizerConfig(), SchedulerConfig())
+
+    assert module(PerToken(DPO.Config(name="per_token"))).reference_memo is None
+    assert module(DPO(DPO.Config())).reference_memo is not None
+    # Two steps of one 8-batch epoch: nothing comes again in training, so its rows do not
+    # go through the memo; the held-out rows are scored at the first validation and reused
+    # at the two after it.
+    summary, _ = _run_summary_and_metrics(compose(*fast_overrides, "samples.count=0",
+                                                  "export_policy=false"))
+    assert summary["reference_rows"] == {"computed": 16, "reused": 2 * 16}
+
+
+def test_row_hashes_stay_on_the_host_when_a_batch_moves_to_the_device():
+    """The memo looks the rows up on the host: moving them would cost a sync per step."""
+    from prefopt.data.collate import ROW_HASHES
+    from prefopt.training.optim import OptimizerConfig, SchedulerConfig
+
+    module = PreferenceModule(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), DPO(DPO.Config()),
+                              OptimizerConfig(), SchedulerConfig())
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long),
+             ROW_HASHES: torch.tensor([[1, 2], [3, 4]])}
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["input_ids"].device.type == "meta"
+    assert moved[ROW_HASHES].device.type == "cpu" and moved[ROW_HASHES].tolist() == [[1, 2],
+                                                                                      [3, 4]]
