@@ -214,6 +214,9 @@ def _report_field(record: Record, index: int) -> str:
 
 def common_prefix_length(ids: list[int], other: list[int]) -> int:
     """How many leading tokens two id lists share."""
+    shorter = min(len(ids), len(other))
+    if ids[:shorter] == other[:shorter]:  # the usual case, compared in C
+        return shorter
     n = 0
     for a, b in zip(ids, other):
         if a != b:
@@ -294,32 +297,86 @@ class Encoder:
             return ""
         return self.attribute_line(self._values(record))
 
-    def _render(self, record: Record) -> _Rendered:
+    def _conversations(self, record: Record) -> tuple[list[dict], list[list[dict]], str]:
+        """(the prompt's messages, each prompt + completion's messages, the text between
+        the generation prompt and the completion) of a record rendered with the template."""
         prefix = self._prefix(record)
-        if not self._uses_template(record):
-            eos = self.tokenizer.eos_token or ""
-            prompt = record.prompt + prefix
-            # A completion that already ends in EOS gets no second one, as in TRL.
-            completions = [c if c.endswith(eos) else c + eos for c in record.completions]
-            return _Rendered(prompt, [prompt + c for c in completions], completions, True)
-        if not self.has_template:
-            raise RecordError(record.where, "the tokenizer has no chat template; set "
-                              "data.chat_template=false for plain-string records", "prompt")
-        apply = self.tokenizer.apply_chat_template
         prompt_msgs = record.prompt if record.conversational else \
             [{"role": "user", "content": record.prompt}]
-        prompt = apply(prompt_msgs, add_generation_prompt=True, tokenize=False) + prefix
-        wholes, completions = [], []
+        wholes = []
         for completion in record.completions:
             answer_msgs = completion if record.conversational else \
                 [{"role": "assistant", "content": completion}]
             if prefix:  # the attribute line opens the (first) assistant message
                 answer_msgs = [{**answer_msgs[0], "content": prefix + answer_msgs[0]["content"]},
                                *answer_msgs[1:]]
-            whole = apply(prompt_msgs + answer_msgs, tokenize=False)
-            wholes.append(whole)
-            completions.append(whole[len(prompt):] if whole.startswith(prompt) else None)
-        return _Rendered(prompt, wholes, completions, False)
+            wholes.append(prompt_msgs + answer_msgs)
+        return prompt_msgs, wholes, prefix
+
+    def _apply_template(self, conversations: list[list[dict]], generation_prompt: bool
+                        ) -> list[str]:
+        if not conversations:
+            return []
+        # One call for the lot: the template is looked up and its kwargs built once.
+        return self.tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=generation_prompt, tokenize=False)
+
+    def _render_one(self, record: Record) -> _Rendered:
+        """One record, naming it (and its field) where the chat template refuses it."""
+        try:
+            return self._render_all([record])[0]
+        except RecordError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a template raises what its author chose
+            prompt_msgs, wholes, _ = self._conversations(record)
+            field = "prompt"
+            try:
+                self._apply_template([prompt_msgs], True)
+                for i, whole in enumerate(wholes):
+                    field = record.completion_field(i)
+                    self._apply_template([whole], False)
+            except Exception:  # noqa: BLE001 - the same refusal, now located
+                pass
+            raise RecordError(record.where, "the tokenizer's chat template cannot render it "
+                              f"({type(exc).__name__}: {exc})", field) from exc
+
+    def _render(self, records: list[Record]) -> list[_Rendered]:
+        """Each record as text; a record the chat template refuses is named."""
+        try:
+            return self._render_all(records)
+        except RecordError:
+            raise
+        except Exception:  # noqa: BLE001 - find the record, then say which it is
+            for record in records:
+                self._render_one(record)
+            raise
+
+    def _render_all(self, records: list[Record]) -> list[_Rendered]:
+        out: list[_Rendered | None] = [None] * len(records)
+        templated = []
+        for i, record in enumerate(records):
+            if self._uses_template(record):
+                if not self.has_template:
+                    raise RecordError(record.where, "the tokenizer has no chat template; set "
+                                      "data.chat_template=false for plain-string records",
+                                      "prompt")
+                templated.append(i)
+                continue
+            prefix = self._prefix(record)
+            eos = self.tokenizer.eos_token or ""
+            prompt = record.prompt + prefix
+            # A completion that already ends in EOS gets no second one, as in TRL.
+            completions = [c if c.endswith(eos) else c + eos for c in record.completions]
+            out[i] = _Rendered(prompt, [prompt + c for c in completions], completions, True)
+        parts = [self._conversations(records[i]) for i in templated]
+        prompts = self._apply_template([prompt_msgs for prompt_msgs, _, _ in parts], True)
+        wholes = iter(self._apply_template([w for _, ws, _ in parts for w in ws], False))
+        for i, (_, conversations, prefix), prompt in zip(templated, parts, prompts):
+            prompt += prefix
+            whole = [next(wholes) for _ in conversations]
+            out[i] = _Rendered(prompt, whole, [w[len(prompt):] if w.startswith(prompt) else None
+                                               for w in whole], False)
+        return out
 
     # -- the rules ------------------------------------------------------------------------
     def _apply(self, rule: Rule, reason: str, where: str, field: str, report: DataReport
@@ -392,7 +449,7 @@ class Encoder:
         """Encode in order; returns the kept groups and the report of what the rules did."""
         report = DataReport(records=len(records))
         admitted = [r for r in records if self._admissible(r, report)]
-        rendered = [self._render(r) for r in admitted]
+        rendered = self._render(admitted)
         split = self._split(admitted, rendered, report)
         for prompt, completions in split:
             report.prompt_lengths.append(len(prompt))
@@ -403,7 +460,7 @@ class Encoder:
             bare: list = [None] * len(admitted)
             if self.condition:  # the prompt with an empty attribute line
                 plain = [dataclasses.replace(r, attributes=()) for r in admitted]
-                bare = [p for p, _ in self._split(plain, [self._render(r) for r in plain])]
+                bare = [p for p, _ in self._split(plain, self._render(plain))]
             groups = [g and self._attributed(r, g, b) for r, g, b in zip(admitted, groups, bare)]
         kept = [g for g in groups if g is not None]
         report.kept = len(kept)
@@ -487,7 +544,7 @@ class Encoder:
         if attributes is not None:
             records = [dataclasses.replace(r, kind="attributed", attributes=tuple(a.items()))
                        for r, a in zip(records, attributes)]
-        rendered = [self._render(r) for r in records]
+        rendered = self._render(records)
         ids = [t.ids for t in self._tokenise([r.prompt for r in rendered],
                                              [r.special_tokens for r in rendered])]
         limit = self.cfg.max_prompt_length
@@ -498,17 +555,27 @@ class Encoder:
         """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS).
         With `spans` (and a fast tokenizer that has an unknown token), each token's
         characters, to name the text unknown tokens cover."""
-        offsets = spans and self.tokenizer.unk_token_id is not None and self.tokenizer.is_fast
+        unk = self.tokenizer.unk_token_id
+        offsets = spans and unk is not None and self.tokenizer.is_fast
         out: list[_Tokenised] = [_Tokenised([], None) for _ in texts]
         # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
         for flag in (False, True):
             index = [i for i, special in enumerate(specials) if special == flag]
-            if index:
-                batch = self.tokenizer([texts[i] for i in index], add_special_tokens=flag,
-                                       return_offsets_mapping=offsets)
-                for k, i in enumerate(index):
-                    out[i] = _Tokenised(batch["input_ids"][k],
-                                        batch["offset_mapping"][k] if offsets else None)
+            if not index:
+                continue
+            # Ids only: masks nobody reads cost a third of the call. Spans are asked for
+            # again for the few texts holding an unknown token.
+            batch = self.tokenizer([texts[i] for i in index], add_special_tokens=flag,
+                                   return_attention_mask=False, return_token_type_ids=False)
+            for k, i in enumerate(index):
+                out[i] = _Tokenised(batch["input_ids"][k], None)
+            unknown = [i for i in index if offsets and unk in out[i].ids]
+            if unknown:
+                again = self.tokenizer([texts[i] for i in unknown], add_special_tokens=flag,
+                                       return_offsets_mapping=True, return_attention_mask=False,
+                                       return_token_type_ids=False)
+                for k, i in enumerate(unknown):
+                    out[i] = _Tokenised(again["input_ids"][k], again["offset_mapping"][k])
         return out
 
     def _count_unknown(self, text: str, tokenised: _Tokenised, start: int,

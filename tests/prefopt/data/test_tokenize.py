@@ -319,3 +319,55 @@ def test_every_record_kind_splits_the_whole_conversation(inst_tokenizer):
             assert group.prompt + ids == whole(head + line + text + "</s>")
         assert inst_tokenizer.convert_ids_to_tokens(group.completions[0])[0] != "▁Thank"
     assert group.bare_prompt == whole(head + "\n")  # the attributed record's empty line
+
+
+# Mistral-style: the template itself refuses what it cannot render (raise_exception).
+STRICT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ raise_exception('System messages are not supported by this template') }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['content'] == 'boom' %}{{ raise_exception('no boom') }}"
+    "{% else %}{{ message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("prompt,rejected,field,reason", [
+    ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "no",
+     "prompt", "System messages are not supported"),
+    ("hi", "boom", "rejected", "no boom"),
+])
+def test_a_record_the_chat_template_refuses_is_named_with_its_field(tokenizer, prompt,
+                                                                     rejected, field, reason):
+    """The template raises inside a batch of records: the error names the record and the
+    field it could not render, with the template's own words, not a bare jinja error."""
+    import copy
+
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = STRICT_TEMPLATE
+    encoder = Encoder(strict, TokenizeConfig())
+    if isinstance(prompt, list):
+        bad = rec(prompt=prompt, chosen=[{"role": "assistant", "content": "yes"}],
+                  rejected=[{"role": "assistant", "content": rejected}], where="d.jsonl:3")
+    else:
+        bad = rec(prompt=prompt, chosen="yes", rejected=rejected, where="d.jsonl:3")
+    good = [rec(where=f"d.jsonl:{i}") for i in (1, 2)]
+    with pytest.raises(RecordError) as error:
+        encoder.encode_all([*good, bad, rec(where="d.jsonl:4")])
+    message = str(error.value)
+    assert message.startswith(f"d.jsonl:3: field '{field}': the tokenizer's chat template "
+                              "cannot render it (TemplateError: ")
+    assert reason in message
+    # The good records alone encode as before: one call renders them all.
+    kept, _ = encoder.encode_all(good)
+    assert [strict.decode(g.chosen) for g in kept] == ["123" + strict.eos_token] * 2
+
+
+@pytest.mark.parametrize("a,b,n", [([1, 2, 3], [1, 2, 3, 4], 3), ([1, 2, 3], [1, 2], 2),
+                                   ([1, 5, 3], [1, 2, 3], 1), ([], [1], 0), ([7], [8], 0),
+                                   ([1, 2], [1, 2], 2)])
+def test_common_prefix_length(a, b, n):
+    from prefopt.data.tokenize import common_prefix_length
+
+    assert common_prefix_length(a, b) == common_prefix_length(b, a) == n
