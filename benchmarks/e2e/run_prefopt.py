@@ -50,7 +50,10 @@ def run(spec) -> StepClock:
     objective = objective_cls(objective_cls.Config(name="dpo", beta=0.1))
     module = PreferenceModule(policy, reference, objective,
                               OptimizerConfig(lr=spec.lr, weight_decay=0.0),
-                              SchedulerConfig(name="constant", warmup_steps=0, warmup_ratio=0.0))
+                              SchedulerConfig(name="constant", warmup_steps=0, warmup_ratio=0.0),
+                              # Like TRL's side, a reference forward at every step (one epoch
+                              # would reuse nothing anyway).
+                              reference_reuse=False)
     groups = [EncodedGroup(prompt=p, completions=(c, r)) for p, c, r in pairs]
     # In the data's order, as TRL's sampler is given it (see run_trl.py).
     loader = DataLoader(groups, batch_size=shape.pairs, shuffle=False,

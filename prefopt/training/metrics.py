@@ -6,7 +6,7 @@ stops every device together, and Lightning gets values it only has to record.
 
 Lightning hands a training step's values to the loggers only every
 `trainer.log_every_n_steps` steps; recording a value with `LightningModule.log` costs
-~0.3 ms on the CPU whether it is written or not (~5 s of a 60 s default job). So a
+~0.3 ms on the CPU whether it is written or not (~5 s of the default job's 1800 steps). So a
 training step's values (the learning rate's too, `log_learning_rate`) are recorded with
 Lightning only on the steps the loggers write: what they receive is unchanged. The
 progress bar reads the latest training loss and accuracy from `MetricLog.bar` instead
