@@ -82,9 +82,29 @@ def run_composed(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, dic
     refuses those a resume may not change."""
     if cfg.ckpt_path is not None:
         cfg = rundir.resume_config(cfg, list(overrides))
+    else:
+        absolute_paths(cfg)
     from prefopt.training.train import train as run  # Lightning and the modules: heavy
 
     return cfg, run(cfg)
+
+
+# Settings that may name a local file or folder, recorded in config.yaml: prefopt-eval, a
+# resume and load_run read them again, perhaps from another working directory.
+_PATH_SETTINGS = ("data.path", "data.val_path", "model.name_or_path", "model.tokenizer",
+                  "reward.model")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make every local path setting of `cfg` absolute, in place (`data.mix` entries'
+    paths too); hub ids and dataset names, which are no local path, stay as given."""
+    for key in _PATH_SETTINGS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, _local(value), merge=False)
+    for entry in OmegaConf.select(cfg, "data.mix", default=None) or []:
+        if isinstance(entry.get("path"), str):
+            entry.path = _local(entry.path)
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -309,11 +329,31 @@ def _data_settings(data) -> dict:
     if isinstance(data, (str, os.PathLike)) or _in_memory(data):
         return {"path": data}
     if isinstance(data, Mapping):
-        return dict(data)
+        settings = dict(data)
+        if dataset_dict is not None and isinstance(settings.get("path"), dataset_dict):
+            chosen = _splits_of(settings)  # the splits become the records written out
+            return {**{k: v for k, v in settings.items() if k not in ("split", "val_split")},
+                    **chosen}
+        return settings
     raise ConfigError(f"data={data!r:.40} ({type(data).__name__}): not data prefopt.train "
                       "can read; give "
                       "None (the synthetic task), a file or dataset path, a list of record "
                       "dicts, a datasets.Dataset or DatasetDict, or a dict of data settings")
+
+
+def _splits_of(settings: dict) -> dict:
+    """{path, val_path}: the splits a settings dict names (`split`, default train;
+    `val_split`) taken out of its in-memory DatasetDict `path`."""
+    splits = settings["path"]
+    split, val_split = settings.get("split") or "train", settings.get("val_split")
+    for key, name in (("split", split), ("val_split", val_split)):
+        if name is not None and name not in splits:
+            raise ConfigError(f"data.{key}={name!r}: the DatasetDict given as data.path has "
+                              f"the splits {sorted(splits)}; set data.{key} to one of them")
+    if settings.get("val_path") is not None and val_split is not None:
+        raise ConfigError("data.val_path and data.val_split both given: keep one")
+    return {"path": splits[split],
+            "val_path": splits[val_split] if val_split else settings.get("val_path")}
 
 
 def _data_overrides(data, out: Path) -> tuple[list[str], dict[Path, bytes]]:

@@ -92,6 +92,14 @@ def lock(out: Path) -> Iterator[None]:
 def refuse_existing(out: Path) -> None:
     """A new run (no ckpt_path) never writes into a directory that holds a run."""
     found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not (out / "checkpoints" / "last.ckpt").exists() and \
+            not (out / "metrics.csv").exists():
+        # A run that stopped before its first checkpoint (a bad setting, a crash in the
+        # first validation): nothing to resume, and its files are kept, not overwritten.
+        raise RunDirError(
+            f"output_dir={out} holds a run that stopped before its first checkpoint "
+            f"({', '.join(found)}; no checkpoints/last.ckpt): there is nothing to resume; "
+            "choose another output_dir, or delete this one to start again there")
     if found:
         raise RunDirError(
             f"output_dir={out} already holds a run ({', '.join(found)}); resume it with "

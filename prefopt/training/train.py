@@ -496,8 +496,11 @@ def _resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:
         return None
     path = out / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
     if not path.exists():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path} (resume "
-                                "with the run's own output_dir=...)")
+        hint = ("the run stopped before its first checkpoint: there is nothing to resume; "
+                "start a new run in another output_dir" if cfg.ckpt_path == "last"
+                and (out / "config.yaml").exists() else
+                "resume with the run's own output_dir=...")
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path} ({hint})")
     return path
 
 

@@ -323,3 +323,54 @@ def test_a_data_path_in_overrides_chooses_the_files_preset(tmp_path, monkeypatch
     path.write_text(json.dumps(RECORDS[0]) + "\n")
     prefopt.train(output_dir=tmp_path / "run", overrides=[f"data.path={path}"])
     assert seen["cfg"].data.max_length == 1024 and seen["cfg"].data.path == str(path)
+
+
+def test_local_paths_of_a_new_run_are_recorded_absolute(compose, tmp_path, monkeypatch):
+    """prefopt-train data.path=pairs.jsonl in one directory; prefopt-eval or a resume of
+    the run from another must still find the file, the model folder, the mixture's files.
+    Names that are no local path (hub ids) stay as given."""
+    work = tmp_path / "work"
+    (work / "models" / "m").mkdir(parents=True)
+    for name in ("a.jsonl", "b.jsonl"):
+        (work / name).write_text("{}\n")
+    monkeypatch.chdir(work)
+    cfg = compose("data=files", "data.path=a.jsonl", "data.val_path=owner/some-dataset",
+                  "model=hf", "model.name_or_path=models/m", "model.tokenizer=models/m")
+    api.absolute_paths(cfg)
+    assert cfg.data.path == str(work / "a.jsonl")
+    assert cfg.data.val_path == "owner/some-dataset"
+    assert cfg.model.name_or_path == cfg.model.tokenizer == str(work / "models" / "m")
+    mixed = compose("data=files", "data.mix=[{path: a.jsonl, weight: 0.7}, "
+                    "{path: b.jsonl, weight: 0.3}]")
+    api.absolute_paths(mixed)
+    assert [e.path for e in mixed.data.mix] == [str(work / "a.jsonl"), str(work / "b.jsonl")]
+    api.absolute_paths(compose())  # the synthetic task, tiny model: nothing to change
+
+
+def test_a_dataset_dict_in_a_data_dict_gives_the_splits_it_names(tmp_path, monkeypatch):
+    """UltraFeedback's splits are train_prefs and test_prefs: no 'train'. In a data dict
+    its `split` and `val_split` choose them, as data.split does on the command line."""
+    import datasets
+
+    seen = {}
+
+    def run_composed(cfg, overrides):
+        seen["cfg"] = cfg
+        return cfg, {}
+
+    monkeypatch.setattr(api, "run_composed", run_composed)
+    splits = datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(RECORDS[:8]),
+                                   "test_prefs": datasets.Dataset.from_list(RECORDS[8:])})
+    out = tmp_path / "run"
+    prefopt.train(data={"path": splits, "split": "train_prefs", "val_split": "test_prefs"},
+                  output_dir=out)
+    data = seen["cfg"].data
+    assert (data.path, data.val_path) == (str(out / "data" / "train.jsonl"),
+                                          str(out / "data" / "val.jsonl"))
+    assert data.val_split is None  # the split names were for the DatasetDict
+    lines = (out / "data" / "val.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == RECORDS[8:]
+    with pytest.raises(ConfigError, match=r"^data\.split='train': the DatasetDict given as "
+                                          r"data\.path has the splits \['test_prefs', "
+                                          r"'train_prefs'\]; set data\.split to one of them"):
+        prefopt.train(data={"path": splits}, output_dir=tmp_path / "other")

@@ -151,3 +151,25 @@ def test_earlier_versions_are_kept_never_overwritten(tmp_path):
     assert config.read_text() == "a\n" and not (tmp_path / "config.before-resume.yaml").exists()
     undo_new()
     assert not config.exists()
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_named_so(tmp_path):
+    """config.yaml written, then the first validation failed (say, a bad max_length): a
+    new run there is refused, and the message says there is nothing to resume instead of
+    sending the user to a resume that fails for want of a checkpoint."""
+    from prefopt.training.rundir import RunDirError, refuse_existing
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 7\n")
+    with pytest.raises(RunDirError, match=r"holds a run that stopped before its first "
+                                          r"checkpoint \(config.yaml; no checkpoints/last"
+                                          r"\.ckpt\): there is nothing to resume; choose "
+                                          r"another output_dir, or delete this one"):
+        refuse_existing(out)
+    assert (out / "config.yaml").read_text() == "seed: 7\n"
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(RunDirError, match=r"already holds a run \(config.yaml, checkpoints\); "
+                                          r"resume it with"):
+        refuse_existing(out)
