@@ -28,6 +28,12 @@ class ModelSourceError(ValueError):
     repository that can be reached; the message names the setting and the fix."""
 
 
+class ModelSettingError(ModelSourceError):
+    """A setting the loaded model cannot serve (`model.lora.target_modules`,
+    `data.max_length`); the message names the setting, the model's side and the fix. A
+    ModelSourceError, so that prefopt-train prints it as one line as it does those."""
+
+
 # A hub repository id: `name` or `owner/name`, of letters, digits, `-`, `_` and `.`.
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _MODEL_FILES = ("config.json",)
@@ -86,7 +92,12 @@ class LoraConfig:
     dropout: float = 0.0
     """Adapter dropout; 0 keeps policy and reference log-probs equal at the start."""
     target_modules: Optional[list[str]] = None
-    """Module names to adapt; empty: every linear layer but the output head."""
+    """Module names to adapt (a name matches a module of that name or ending in `.name`);
+    empty, or `[all-linear]` (peft's keyword, passed on as the string "all-linear"): every
+    linear layer but the output head. A model whose input embedding and output head share
+    one matrix (tie_word_embeddings) refuses either of them as a target: training sees the
+    adapter on that side only, while merging for export writes its change into the shared
+    matrix, which changes both sides: the exported model would not be the trained one."""
 
 
 @dataclass
@@ -162,12 +173,129 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig, reward_head: bool = False)
 
     if cfg.r < 0:
         raise ValueError(f"model.lora.r must be >= 0, got {cfg.r}")
+    targets = list(cfg.target_modules) if cfg.target_modules else ["all-linear"]
+    _check_tied_targets(model, targets)
     config = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules) if cfg.target_modules else "all-linear",
+        # peft reads "all-linear" as a keyword only as a string; in a list it is a name.
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
         # A reward model's scalar head is new: it must train in full, not through adapters.
         task_type=peft.TaskType.SEQ_CLS if reward_head else peft.TaskType.CAUSAL_LM)
-    return peft.get_peft_model(model, config)
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        # peft's NoMatchingPeftModuleError (a ValueError; older peft: a plain one) is a
+        # traceback that names neither the setting nor the names that would match.
+        no_match = type(exc).__name__ == "NoMatchingPeftModuleError"
+        if not no_match and "not found in the base model" not in str(exc):
+            raise
+        raise ModelSettingError(
+            f"model.lora.target_modules={targets}: no module of the model has such a name; "
+            f"give names of its linear layers (e.g. {', '.join(_linear_names(model)[:8])}), "
+            "or leave it empty for all of them") from exc
+
+
+def _matches(name: str, target: str) -> bool:
+    """peft's rule for a list of names: the full module name, or its last dotted parts."""
+    return name == target or name.endswith("." + target)
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    """The last parts of the linear layers' names, as target_modules takes them, in order."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if name and isinstance(module, (torch.nn.Linear, Conv1D))]
+    return list(dict.fromkeys(names))
+
+
+def _check_tied_targets(model: PreTrainedModel, targets: list[str]) -> None:
+    """Refuse adapters on an input embedding or output head that share one matrix: in
+    training the adapter changes one side only (on the embedding the lookup, the head still
+    reading the base matrix; on the head the logits), but merging writes its change into the
+    shared matrix, which changes both: the exported policy/ is not the trained model."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None:
+        return
+    weight_in, weight_out = getattr(inputs, "weight", None), getattr(outputs, "weight", None)
+    if weight_in is None or weight_in is not weight_out:
+        return
+    for name, module in model.named_modules():
+        if module is inputs or module is outputs:
+            hits = [t for t in targets if _matches(name, t)]
+            if hits:
+                raise ModelSettingError(
+                    f"model.lora.target_modules={targets}: {hits[0]} names {name}, which "
+                    "shares its weight with the model's "
+                    f"{'output head' if module is inputs else 'input embedding'} "
+                    "(tie_word_embeddings): the merged export would differ from the trained "
+                    f"model; leave {hits[0]} out, or load the model untied "
+                    "(tie_word_embeddings=false)")
+
+
+def position_limit(model) -> Optional[int]:
+    """The longest sequence, in tokens, the model's positions serve; None when its config
+    names no limit."""
+    found = _position_setting(model)
+    return found[0] if found else None
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def _position_setting(model) -> Optional[tuple[int, str]]:
+    """(the limit, the config attribute it comes from) or None. Rotary scaling (linear,
+    yarn, ...) serves `factor` times the pre-training length, so the limit grows with it (a
+    larger limit only refuses less); dynamic scaling stretches as far as the input: none."""
+    config = base_model(model).config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    aliases = getattr(config, "attribute_map", {}) or {}
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            break
+    else:
+        return None
+    limit, source = value, f"{aliases.get(key, key)}={value}"
+    scaling = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None)
+    if isinstance(scaling, dict):
+        # Per attention type ({"full_attention": {...}, ...}) or one dict for all layers.
+        for params in [v for v in scaling.values() if isinstance(v, dict)] or [scaling]:
+            kind = params.get("rope_type", params.get("type")) or "default"
+            factor = params.get("factor")
+            if kind == "dynamic":
+                return None
+            if kind != "default" and isinstance(factor, (int, float)) and factor > 1:
+                original = params.get("original_max_position_embeddings") or value
+                scaled = int(max(value, original) * factor)
+                if scaled > limit:
+                    limit = scaled
+                    source = f"{aliases.get(key, key)}={value} with {kind} rope scaling " \
+                             f"by factor {factor}"
+    return limit, source
+
+
+def check_max_length(model, max_length: int) -> None:
+    """Refuse a `data.max_length` past the positions of a model that looks them up in a
+    table (GPT-2's n_positions rows): it would stop at the first long batch with an
+    IndexError inside torch.embedding that names no setting. Rotary and ALiBi models
+    compute positions and run past their config's limit, so they are not refused: the
+    files preset's 1024 must still work with the built-in tiny model's 256."""
+    found = _position_setting(model)
+    if found and max_length > found[0] and _has_position_table(model, found[0]):
+        limit, source = found
+        raise ModelSettingError(
+            f"data.max_length={max_length}: the model has {limit} positions (its config's "
+            f"{source}); set data.max_length={limit} or lower")
+
+
+def _has_position_table(model, limit: int) -> bool:
+    """An embedding, other than the tokens', with a row per position (OPT-style tables
+    keep 2 rows more for an offset)."""
+    inputs = base_model(model).get_input_embeddings()
+    return any(isinstance(m, torch.nn.Embedding) and m is not inputs
+               and limit <= m.num_embeddings <= limit + 2
+               for m in base_model(model).modules())
 
 
 def uses_lora(model) -> bool:

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
-from prefopt import reference_cache, registry
+from prefopt import models, reference_cache, registry
 from prefopt.data.datamodule import PreferenceDataModule, attribute_schema, load_splits
 from prefopt.data.output import write_atomically
 from prefopt.data.prompts import PromptDataModule
@@ -94,6 +94,7 @@ def _models(cfg: DictConfig, needs: Needs, reference: bool, num_labels: int = 1)
     tokenizer = build_tokenizer(model_cfg)
     policy = build_policy(model_cfg, tokenizer, reward_head=needs.reward_model,
                           num_labels=num_labels)
+    models.check_max_length(policy, cfg.data.max_length)
     frozen = make_reference(policy) if reference and not uses_lora(policy) else None
     return tokenizer, policy, frozen
 
