@@ -3,19 +3,27 @@
 The primary config (conf/train.yaml) extends `train_schema`, so Hydra checks types and
 refuses unknown keys everywhere: a typo in an override is an error, never a silent
 default. `trainer` and `logger` are open mappings of Lightning arguments, but still in
-Hydra's struct mode: a new key needs an explicit `+trainer.key=value`.
+Hydra's struct mode: a new key needs an explicit `+trainer.key=value`. A `+` lets Hydra
+add any key, though, so `check_keys` refuses, after composition, a key that no schema
+dataclass declares and a `trainer.*` key that pytorch_lightning.Trainer does not take.
 
 `imply_groups` makes the keys of one preset choose it (`data.path=x` -> `data=files`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
+import functools
+import inspect
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from prefopt.data.datamodule import DataConfig
 from prefopt.models import ModelConfig
@@ -128,3 +136,90 @@ def imply_groups(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def register_schema() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+# -- keys no schema declares ---------------------------------------------------------------
+
+def _schema_type(hint) -> tuple[type | None, bool]:
+    """(the dataclass a field's type hint declares, whether the field is a list of them);
+    (None, False) for anything else: scalars, and the open mappings (`Any`, `dict`) whose
+    keys are not prefopt's to check (trainer, logger, scheduler.kwargs, reward.kwargs and
+    the objective, which its plugin's Config checks)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            return None, False
+        hint = args[0]
+    if typing.get_origin(hint) is list:
+        args = typing.get_args(hint)
+        hint, many = (args[0] if args else None), True
+    else:
+        many = False
+    return (hint, many) if dataclasses.is_dataclass(hint) else (None, False)
+
+
+@functools.cache
+def _fields(schema: type) -> dict[str, tuple[type | None, bool]]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: _schema_type(hints[f.name]) for f in dataclasses.fields(schema)}
+
+
+def _unknown_key(node: DictConfig, schema: type, path: str) -> str | None:
+    """The message for the first key of `node` (at `path`, '' for the root) that `schema`
+    does not declare, looking into every node a field types as a dataclass; None if all
+    are declared. Values are not resolved: a missing one (`???`) or an interpolation is
+    not looked into."""
+    fields = _fields(schema)
+    for key in node.keys():
+        key = str(key)
+        full = f"{path}.{key}" if path else key
+        if key not in fields:
+            where = path or "the config"
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = (f"did you mean {path + '.' if path else ''}{close[0]}?" if close
+                    else f"its settings: {', '.join(fields)}")
+            return f"{full} is not a setting of {where} ({hint}); remove it"
+        child_schema, many = fields[key]
+        if child_schema is None or OmegaConf.is_missing(node, key) or \
+                OmegaConf.is_interpolation(node, key):
+            continue
+        child = node[key]
+        items = (list(enumerate(child)) if many and isinstance(child, ListConfig)
+                 else [(None, child)])
+        for index, item in items:
+            if isinstance(item, DictConfig):
+                found = _unknown_key(item, child_schema,
+                                     full if index is None else f"{full}[{index}]")
+                if found:
+                    return found
+    return None
+
+
+def _trainer_arguments() -> list[str]:
+    import pytorch_lightning as pl  # heavy: only when a run is checked
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [name for name, p in inspect.signature(pl.Trainer.__init__).parameters.items()
+            if name != "self" and p.kind in kinds]
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a key that `+` added where no schema dataclass declares it
+    (`+data.max_lenght=64` would sit beside data.max_length, unread) and a `trainer.*` key
+    that pytorch_lightning.Trainer does not take (Lightning would stop with a TypeError
+    after the run directory is set up): one ConfigError naming the full key, with the
+    closest declared one."""
+    problem = _unknown_key(cfg, TrainConfig, "")
+    if problem:
+        raise ConfigError(problem)
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return
+    accepted = _trainer_arguments()
+    for key in trainer.keys():
+        key = str(key)
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean trainer.{close[0]}?)" if close else ""
+            raise ConfigError(f"trainer.{key} is not an argument of "
+                              f"pytorch_lightning.Trainer{hint}; remove it")

@@ -34,7 +34,7 @@ from prefopt.online.pairs import OnlinePairsData, OnlinePairsModule, refusal
 from prefopt.online.rewards import build_reward
 from prefopt.training import rundir
 from prefopt.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
-from prefopt.training.config import ConfigError
+from prefopt.training.config import ConfigError, check_keys
 from prefopt.training.export import RunFacts, export
 from prefopt.training.module import PreferenceModule
 from prefopt.training.plots import plot_curves
@@ -195,6 +195,7 @@ def _is_int(value) -> bool:
 def check_settings(cfg: DictConfig) -> None:
     """Refuse values no run can work with, before anything is built or written, naming the
     override to fix (the schema checks types only where it declares them)."""
+    check_keys(cfg)
     for key in ("batch_size", "val_batch_size"):
         value = cfg.data.get(key)
         if value is not None and (not _is_int(value) or value < 1):
