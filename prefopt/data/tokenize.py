@@ -277,6 +277,13 @@ class Encoder:
         self.schema, self.condition = schema, condition
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._warned_merge = False
+        # GPT-2-style tokenizers name one token unknown, BOS and EOS at once: a byte-level
+        # vocabulary has no real unknown, and the EOS every completion ends in is not text
+        # the model cannot see. Such a tokenizer counts no unknown tokens. (An unknown token
+        # reused as padding, as Llama setups do, is still counted: padding never enters the
+        # tokenised text, so one found there is text the vocabulary lacks.)
+        unk = tokenizer.unk_token_id
+        self.unk_id = None if unk in (tokenizer.eos_token_id, tokenizer.bos_token_id) else unk
 
     # -- rendering ------------------------------------------------------------------------
     def _uses_template(self, record: Record) -> bool:
@@ -555,7 +562,7 @@ class Encoder:
         """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS).
         With `spans` (and a fast tokenizer that has an unknown token), each token's
         characters, to name the text unknown tokens cover."""
-        unk = self.tokenizer.unk_token_id
+        unk = self.unk_id
         offsets = spans and unk is not None and self.tokenizer.is_fast
         out: list[_Tokenised] = [_Tokenised([], None) for _ in texts]
         # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
@@ -581,7 +588,7 @@ class Encoder:
     def _count_unknown(self, text: str, tokenised: _Tokenised, start: int,
                        report: DataReport) -> None:
         """Count the unknown tokens of `tokenised` from position `start` on."""
-        unk = self.tokenizer.unk_token_id
+        unk = self.unk_id
         if unk is None or unk not in tokenised.ids[start:]:
             return
         for k in range(start, len(tokenised.ids)):

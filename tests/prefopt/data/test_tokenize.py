@@ -371,3 +371,14 @@ def test_common_prefix_length(a, b, n):
     from prefopt.data.tokenize import common_prefix_length
 
     assert common_prefix_length(a, b) == common_prefix_length(b, a) == n
+
+
+def test_gpt2_style_eos_is_not_counted_as_unknown(gpt2_tokenizer):
+    """GPT-2's <|endoftext|> is unknown, BOS and EOS at once. Each plain completion ends in
+    it (2 per pair) and the byte-level vocabulary covers "é": by hand, 0 unknown tokens."""
+    (pair,), report = encode(gpt2_tokenizer, rec(prompt="trié é", chosen="ü1"),
+                             chat_template=False)
+    assert pair.chosen[-1] == gpt2_tokenizer.eos_token_id == gpt2_tokenizer.unk_token_id
+    assert report.unknown_tokens == 0
+    assert report.as_dict()["unknown_characters"] == {}
+    assert "unknown" not in report.summary()
