@@ -50,6 +50,7 @@ from prefopt.data.records import Record, RecordError, Text
 log = logging.getLogger(__name__)
 
 ATTRIBUTE_LINE_END = "\n"
+PROMPT_WITHOUT_TOKENS = "prompt without tokens"  # DataReport.skipped reason
 
 
 class Rule(str, enum.Enum):
@@ -458,6 +459,7 @@ class Encoder:
         admitted = [r for r in records if self._admissible(r, report)]
         rendered = self._render(admitted)
         split = self._split(admitted, rendered, report)
+        admitted, split = self._with_prompt_tokens(admitted, split, report)
         for prompt, completions in split:
             report.prompt_lengths.append(len(prompt))
             report.completion_lengths.extend(len(c) for c in completions)
@@ -474,6 +476,25 @@ class Encoder:
         if any(g.ranks is not None for g in kept):
             report.no_ordered_pair = sum(len(set(g.ranks)) < 2 for g in kept)
         return kept, report
+
+    def _with_prompt_tokens(self, records: list[Record], split: list, report: DataReport
+                            ) -> tuple[list[Record], list]:
+        """Drop records whose prompt has no tokens, counted and warned about: nothing would
+        predict their first completion token (it would go unscored), and generation has no
+        context to start from. An empty prompt does this under a tokenizer that adds no BOS
+        and no chat template (GPT-2)."""
+        empty = [i for i, (prompt, _) in enumerate(split) if not prompt]
+        if not empty:
+            return records, split
+        report.skipped[PROMPT_WITHOUT_TOKENS] += len(empty)
+        log.warning("%d of %d records skipped (first: %s): the prompt has no tokens, so nothing "
+                    "predicts the completion's first token; use a tokenizer that adds a BOS "
+                    "token, a chat template (data.chat_template=true), or non-empty prompts "
+                    "(counted as skipped '%s' in the data report)", len(empty), len(records),
+                    records[empty[0]].where, PROMPT_WITHOUT_TOKENS)
+        dropped = set(empty)
+        keep = [i for i in range(len(records)) if i not in dropped]
+        return [records[i] for i in keep], [split[i] for i in keep]
 
     def _split(self, records: list[Record], rendered: list[_Rendered],
                report: DataReport | None = None) -> list[tuple[list[int], list[list[int]]]]:

@@ -382,3 +382,27 @@ def test_gpt2_style_eos_is_not_counted_as_unknown(gpt2_tokenizer):
     assert report.unknown_tokens == 0
     assert report.as_dict()["unknown_characters"] == {}
     assert "unknown" not in report.summary()
+
+
+def test_a_prompt_without_tokens_is_skipped_counted_and_warned(gpt2_tokenizer, caplog):
+    """GPT-2 adds no BOS and has no chat template: an empty prompt has no tokens, and nothing
+    would predict the completion's first token. By hand: 1 of 3 records skipped."""
+    records = [rec(prompt="Thank you", where="t.jsonl:1"), rec(prompt="", where="t.jsonl:2"),
+               rec(prompt="sort 321", where="t.jsonl:3")]
+    with caplog.at_level("WARNING", logger="prefopt.data.tokenize"):
+        groups, report = Encoder(gpt2_tokenizer, TokenizeConfig(chat_template=False)
+                                 ).encode_all(records)
+    assert len(groups) == report.kept == 2 and all(g.prompt for g in groups)
+    assert report.as_dict()["skipped"] == {"prompt without tokens": 1}
+    assert "skipped 1 (prompt without tokens)" in report.summary()
+    assert len(report.prompt_lengths) == 2  # lengths of the records that were tokenised
+    assert "(first: t.jsonl:2)" in caplog.text and "BOS" in caplog.text
+    assert "chat template" in caplog.text
+
+
+def test_an_empty_prompt_in_a_chat_template_is_kept(tokenizer):
+    """The template renders the empty user turn around it: the prompt has tokens and the
+    record trains."""
+    (pair,), report = encode(tokenizer, rec(prompt=""))
+    assert tokenizer.decode(pair.prompt) == "<s><|user|><|end|><|assistant|>"
+    assert report.skipped == {}
