@@ -365,6 +365,11 @@ class Encoder:
         for i, record in enumerate(records):
             if self._uses_template(record):
                 if not self.has_template:
+                    if record.conversational:  # data.chat_template=false cannot help here
+                        raise RecordError(record.where, "message lists need a chat template "
+                                          "and the tokenizer has none; set one on the "
+                                          "tokenizer (its chat_template), or give the prompt "
+                                          "and completions as plain strings", "prompt")
                     raise RecordError(record.where, "the tokenizer has no chat template; set "
                                       "data.chat_template=false for plain-string records",
                                       "prompt")

@@ -406,3 +406,18 @@ def test_an_empty_prompt_in_a_chat_template_is_kept(tokenizer):
     (pair,), report = encode(tokenizer, rec(prompt=""))
     assert tokenizer.decode(pair.prompt) == "<s><|user|><|end|><|assistant|>"
     assert report.skipped == {}
+
+
+def test_no_chat_template_error_gives_the_fix_for_the_record_kind(gpt2_tokenizer):
+    """data.chat_template=false is the fix for string records only: message lists need a
+    template whatever that setting says."""
+    messages = rec(prompt=[{"role": "user", "content": "hi"}],
+                   chosen=[{"role": "assistant", "content": "yo"}],
+                   rejected=[{"role": "assistant", "content": "no"}])
+    with pytest.raises(RecordError) as error:
+        encode(gpt2_tokenizer, messages, chat_template=False)
+    assert "message lists need a chat template" in str(error.value)
+    assert "plain strings" in str(error.value)
+    assert "data.chat_template=false" not in str(error.value)
+    with pytest.raises(RecordError, match="set data.chat_template=false for plain-string"):
+        encode(gpt2_tokenizer, rec())
