@@ -6,7 +6,9 @@ assistant or tool:
 
 - pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength);
             with no `prompt`, chosen and rejected whole conversations (TRL's implicit
-            prompt): the messages both start with are the prompt
+            prompt): the messages both start with are the prompt; or, with no `prompt`,
+            Anthropic-HH strings ("\n\nHuman: ...\n\nAssistant: ..."): their common start
+            up to its last "\n\nAssistant:" is the prompt
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
@@ -320,10 +322,38 @@ def _implicit(raw: Any, fields: list[str]) -> bool:
         isinstance(raw.get(f), list) for f in fields)
 
 
+HH_ASSISTANT = "\n\nAssistant:"
+"""The turn marker of Anthropic-HH-style transcripts ("\n\nHuman: ...\n\nAssistant: ...")."""
+
+
+def _implicit_strings(raw: Any) -> bool:
+    """A pairwise record without a prompt whose chosen and rejected are both strings."""
+    return isinstance(raw, dict) and raw.get("prompt") is None and all(
+        isinstance(raw.get(f), str) for f in ("chosen", "rejected"))
+
+
+def _shared_transcript(where: str, chosen: str, rejected: str) -> tuple[str, dict[str, str]]:
+    """Anthropic-HH-style strings without a prompt: the prompt is their common start, up to
+    and including its last "\n\nAssistant:" (the turn both answer); the rest of each is its
+    completion. Cutting at a turn marker, not wherever the characters first differ, keeps
+    a shared first word of the two answers in the completions."""
+    shared = os.path.commonprefix([chosen, rejected])
+    end = shared.rfind(HH_ASSISTANT)
+    if end < 0:
+        raise RecordError(where, "missing; chosen and rejected are strings, and an implicit "
+                          "prompt is read from message lists, or from strings that share a "
+                          f"start ending in {HH_ASSISTANT!r} (Anthropic HH); give the shared "
+                          "start of chosen and rejected in 'prompt'", "prompt")
+    end += len(HH_ASSISTANT)
+    return chosen[:end], {"chosen": chosen[end:], "rejected": rejected[end:]}
+
+
 def parse_pairwise(where: str, raw: Any) -> Record:
     if _implicit(raw, ["chosen", "rejected"]):
         texts = {f: _check_text(where, f, raw[f]) for f in ("chosen", "rejected")}
         prompt, texts = _shared_prompt(where, texts)
+    elif _implicit_strings(raw):
+        prompt, texts = _shared_transcript(where, raw["chosen"], raw["rejected"])
     else:
         _require(where, raw, PAIRWISE_FIELDS)
         prompt = _check_text(where, "prompt", raw["prompt"])
