@@ -7,8 +7,8 @@ assistant or tool:
 - pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength);
             with no `prompt`, chosen and rejected whole conversations (TRL's implicit
             prompt): the messages both start with are the prompt; or, with no `prompt`,
-            Anthropic-HH strings ("\n\nHuman: ...\n\nAssistant: ..."): their common start
-            up to its last "\n\nAssistant:" is the prompt
+            Anthropic-HH strings ("\\n\\nHuman: ...\\n\\nAssistant: ..."): their common start
+            up to its last "\\n\\nAssistant:" is the prompt
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
@@ -323,7 +323,7 @@ def _implicit(raw: Any, fields: list[str]) -> bool:
 
 
 HH_ASSISTANT = "\n\nAssistant:"
-"""The turn marker of Anthropic-HH-style transcripts ("\n\nHuman: ...\n\nAssistant: ...")."""
+"""The turn marker of Anthropic-HH-style transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")."""
 
 
 def _implicit_strings(raw: Any) -> bool:
@@ -334,7 +334,7 @@ def _implicit_strings(raw: Any) -> bool:
 
 def _shared_transcript(where: str, chosen: str, rejected: str) -> tuple[str, dict[str, str]]:
     """Anthropic-HH-style strings without a prompt: the prompt is their common start, up to
-    and including its last "\n\nAssistant:" (the turn both answer); the rest of each is its
+    and including its last "\\n\\nAssistant:" (the turn both answer); the rest of each is its
     completion. Cutting at a turn marker, not wherever the characters first differ, keeps
     a shared first word of the two answers in the completions."""
     shared = os.path.commonprefix([chosen, rejected])
