@@ -161,11 +161,28 @@ def _iter_json_array(path: str) -> Iterator[tuple[str, Any]]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
+            raise RecordError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg} at column "
+                              f"{exc.colno}){_json_lines_hint(path, exc)}") from None
     if not isinstance(data, list):
         raise RecordError(path, f"expected a JSON array of records, got {type(data).__name__}")
-    for index, record in enumerate(data):
+    # Counted from 1, as JSONL lines are: "record 3" is the third in the array.
+    for index, record in enumerate(data, start=1):
         yield f"{path} record {index}", record
+
+
+def _json_lines_hint(path: str, exc: json.JSONDecodeError) -> str:
+    """The fix for a `.json` file that holds JSON Lines: its first line is a whole object,
+    and the decoder stops at the second ("Extra data")."""
+    if exc.msg != "Extra data" or exc.lineno < 2:
+        return ""
+    try:
+        first = json.loads(exc.doc.splitlines()[0])
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(first, dict):
+        return ""
+    stem = path[:-len(".json")] if path.lower().endswith(".json") else path
+    return f"; it holds one record per line (JSON Lines): rename it to {stem}.jsonl"
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, Any]]:
