@@ -6,7 +6,9 @@ assistant or tool:
 
 - pairwise  `{prompt, chosen, rejected}` (optional number `margin`: preference strength);
             with no `prompt`, chosen and rejected whole conversations (TRL's implicit
-            prompt): the messages both start with are the prompt
+            prompt): the messages both start with are the prompt; or, with no `prompt`,
+            Anthropic-HH strings ("\\n\\nHuman: ...\\n\\nAssistant: ..."): their common start
+            up to its last "\\n\\nAssistant:" is the prompt
 - unpaired  `{prompt, completion, label}`, label a boolean: true = desirable
 - ranked    `{prompt, completions: [...], ranks: [...]}`, integer ranks, lower is better,
             equal ranks are ties; or Nectar-style `{prompt, answers: [{answer, rank}]}`
@@ -159,11 +161,28 @@ def _iter_json_array(path: str) -> Iterator[tuple[str, Any]]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
+            raise RecordError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg} at column "
+                              f"{exc.colno}){_json_lines_hint(path, exc)}") from None
     if not isinstance(data, list):
         raise RecordError(path, f"expected a JSON array of records, got {type(data).__name__}")
-    for index, record in enumerate(data):
+    # Counted from 1, as JSONL lines are: "record 3" is the third in the array.
+    for index, record in enumerate(data, start=1):
         yield f"{path} record {index}", record
+
+
+def _json_lines_hint(path: str, exc: json.JSONDecodeError) -> str:
+    """The fix for a `.json` file that holds JSON Lines: its first line is a whole object,
+    and the decoder stops at the second ("Extra data")."""
+    if exc.msg != "Extra data" or exc.lineno < 2:
+        return ""
+    try:
+        first = json.loads(exc.doc.splitlines()[0])
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(first, dict):
+        return ""
+    stem = path[:-len(".json")] if path.lower().endswith(".json") else path
+    return f"; it holds one record per line (JSON Lines): rename it to {stem}.jsonl"
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[str, Any]]:
@@ -320,10 +339,38 @@ def _implicit(raw: Any, fields: list[str]) -> bool:
         isinstance(raw.get(f), list) for f in fields)
 
 
+HH_ASSISTANT = "\n\nAssistant:"
+"""The turn marker of Anthropic-HH-style transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")."""
+
+
+def _implicit_strings(raw: Any) -> bool:
+    """A pairwise record without a prompt whose chosen and rejected are both strings."""
+    return isinstance(raw, dict) and raw.get("prompt") is None and all(
+        isinstance(raw.get(f), str) for f in ("chosen", "rejected"))
+
+
+def _shared_transcript(where: str, chosen: str, rejected: str) -> tuple[str, dict[str, str]]:
+    """Anthropic-HH-style strings without a prompt: the prompt is their common start, up to
+    and including its last "\\n\\nAssistant:" (the turn both answer); the rest of each is its
+    completion. Cutting at a turn marker, not wherever the characters first differ, keeps
+    a shared first word of the two answers in the completions."""
+    shared = os.path.commonprefix([chosen, rejected])
+    end = shared.rfind(HH_ASSISTANT)
+    if end < 0:
+        raise RecordError(where, "missing; chosen and rejected are strings, and an implicit "
+                          "prompt is read from message lists, or from strings that share a "
+                          f"start ending in {HH_ASSISTANT!r} (Anthropic HH); give the shared "
+                          "start of chosen and rejected in 'prompt'", "prompt")
+    end += len(HH_ASSISTANT)
+    return chosen[:end], {"chosen": chosen[end:], "rejected": rejected[end:]}
+
+
 def parse_pairwise(where: str, raw: Any) -> Record:
     if _implicit(raw, ["chosen", "rejected"]):
         texts = {f: _check_text(where, f, raw[f]) for f in ("chosen", "rejected")}
         prompt, texts = _shared_prompt(where, texts)
+    elif _implicit_strings(raw):
+        prompt, texts = _shared_transcript(where, raw["chosen"], raw["rejected"])
     else:
         _require(where, raw, PAIRWISE_FIELDS)
         prompt = _check_text(where, "prompt", raw["prompt"])

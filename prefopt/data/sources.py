@@ -18,6 +18,7 @@ records_read, held_out, records_used} per source and split), for data_report.jso
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -76,13 +77,27 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+def _not_found(path: str, setting: str, exc: FileNotFoundError) -> RecordError:
+    """A missing source named by the setting that gave it: `data.path`, `data.val_path`, or
+    `data.mix[i]`'s field `path` (relative paths are read from the working directory)."""
+    missing = exc.filename or path
+    message = (f"no such file or directory {missing!r} (looked in {os.getcwd()}): give the "
+               "path of an existing .jsonl, .json or .parquet file or dataset folder")
+    if setting.startswith("data.mix["):
+        return RecordError(setting, message, "path")
+    return RecordError(setting, message)
+
+
 def read(path: str, source: str, split: str, fmt: str, columns: dict[str, str],
-         split_setting: str) -> list[Record]:
+         split_setting: str, path_setting: str = "data.path") -> list[Record]:
     """read_records, naming both formats when the file holds records of another format
     than the objective consumes (`fmt`; `source` is what is read: pairwise to unpair),
-    and refusing a source with no record."""
+    and refusing a source with no record. `path_setting` is the setting that named `path`
+    (data.path, data.val_path, data.mix[i]), named when it does not exist."""
     try:
         records = read_records(path, source, split, columns, split_setting)
+    except FileNotFoundError as exc:
+        raise _not_found(path, path_setting, exc) from None
     except RecordError as exc:
         try:
             where, first = next(iter_raw(path, split, split_setting))
@@ -173,12 +188,15 @@ def load(cfg, source: str, fmt: str, seed: int) -> Loaded:
     for index, (setting, entry) in enumerate(entries):
         own = {**columns, **check_columns(entry.columns, source, f"{setting}.columns")}
         split, val_split = entry.split or cfg.split, entry.val_split or cfg.val_split
+        path_setting = setting if mixed else "data.path"
         records = read(entry.path, source, split, fmt, own,
-                       f"{setting}.split" if mixed and entry.split else "data.split")
+                       f"{setting}.split" if mixed and entry.split else "data.split",
+                       path_setting)
         n_read, n_held_out = len(records), 0
         if cfg.val_path is None and val_split is not None:
             val = read(entry.path, source, val_split, fmt, own,
-                       f"{setting}.val_split" if mixed and entry.val_split else "data.val_split")
+                       f"{setting}.val_split" if mixed and entry.val_split else "data.val_split",
+                       path_setting)
             loaded.splits["val"] += val
             loaded.sources["val"].append({"path": entry.path, "split": val_split,
                                           "records_read": len(val), "records_used": len(val)})
@@ -201,7 +219,8 @@ def load(cfg, source: str, fmt: str, seed: int) -> Loaded:
             "held_out": n_held_out, "records_used": len(used)})
     if cfg.val_path is not None:
         val_split = cfg.val_split or "train"
-        val = read(cfg.val_path, source, val_split, fmt, columns, "data.val_split")
+        val = read(cfg.val_path, source, val_split, fmt, columns, "data.val_split",
+                   "data.val_path")
         loaded.splits["val"] = val
         loaded.sources["val"] = [{"path": cfg.val_path, "split": val_split,
                                   "records_read": len(val), "records_used": len(val)}]

@@ -50,6 +50,7 @@ from prefopt.data.records import Record, RecordError, Text
 log = logging.getLogger(__name__)
 
 ATTRIBUTE_LINE_END = "\n"
+PROMPT_WITHOUT_TOKENS = "prompt without tokens"  # DataReport.skipped reason
 
 
 class Rule(str, enum.Enum):
@@ -277,6 +278,13 @@ class Encoder:
         self.schema, self.condition = schema, condition
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._warned_merge = False
+        # GPT-2-style tokenizers name one token unknown, BOS and EOS at once: a byte-level
+        # vocabulary has no real unknown, and the EOS every completion ends in is not text
+        # the model cannot see. Such a tokenizer counts no unknown tokens. (An unknown token
+        # reused as padding, as Llama setups do, is still counted: padding never enters the
+        # tokenised text, so one found there is text the vocabulary lacks.)
+        unk = tokenizer.unk_token_id
+        self.unk_id = None if unk in (tokenizer.eos_token_id, tokenizer.bos_token_id) else unk
 
     # -- rendering ------------------------------------------------------------------------
     def _uses_template(self, record: Record) -> bool:
@@ -357,6 +365,11 @@ class Encoder:
         for i, record in enumerate(records):
             if self._uses_template(record):
                 if not self.has_template:
+                    if record.conversational:  # data.chat_template=false cannot help here
+                        raise RecordError(record.where, "message lists need a chat template "
+                                          "and the tokenizer has none; set one on the "
+                                          "tokenizer (its chat_template), or give the prompt "
+                                          "and completions as plain strings", "prompt")
                     raise RecordError(record.where, "the tokenizer has no chat template; set "
                                       "data.chat_template=false for plain-string records",
                                       "prompt")
@@ -451,6 +464,7 @@ class Encoder:
         admitted = [r for r in records if self._admissible(r, report)]
         rendered = self._render(admitted)
         split = self._split(admitted, rendered, report)
+        admitted, split = self._with_prompt_tokens(admitted, split, report)
         for prompt, completions in split:
             report.prompt_lengths.append(len(prompt))
             report.completion_lengths.extend(len(c) for c in completions)
@@ -467,6 +481,25 @@ class Encoder:
         if any(g.ranks is not None for g in kept):
             report.no_ordered_pair = sum(len(set(g.ranks)) < 2 for g in kept)
         return kept, report
+
+    def _with_prompt_tokens(self, records: list[Record], split: list, report: DataReport
+                            ) -> tuple[list[Record], list]:
+        """Drop records whose prompt has no tokens, counted and warned about: nothing would
+        predict their first completion token (it would go unscored), and generation has no
+        context to start from. An empty prompt does this under a tokenizer that adds no BOS
+        and no chat template (GPT-2)."""
+        empty = [i for i, (prompt, _) in enumerate(split) if not prompt]
+        if not empty:
+            return records, split
+        report.skipped[PROMPT_WITHOUT_TOKENS] += len(empty)
+        log.warning("%d of %d records skipped (first: %s): the prompt has no tokens, so nothing "
+                    "predicts the completion's first token; use a tokenizer that adds a BOS "
+                    "token, a chat template (data.chat_template=true), or non-empty prompts "
+                    "(counted as skipped '%s' in the data report)", len(empty), len(records),
+                    records[empty[0]].where, PROMPT_WITHOUT_TOKENS)
+        dropped = set(empty)
+        keep = [i for i in range(len(records)) if i not in dropped]
+        return [records[i] for i in keep], [split[i] for i in keep]
 
     def _split(self, records: list[Record], rendered: list[_Rendered],
                report: DataReport | None = None) -> list[tuple[list[int], list[list[int]]]]:
@@ -555,7 +588,7 @@ class Encoder:
         """Token ids, in order; `specials[i]`: add the tokenizer's special tokens (BOS).
         With `spans` (and a fast tokenizer that has an unknown token), each token's
         characters, to name the text unknown tokens cover."""
-        unk = self.tokenizer.unk_token_id
+        unk = self.unk_id
         offsets = spans and unk is not None and self.tokenizer.is_fast
         out: list[_Tokenised] = [_Tokenised([], None) for _ in texts]
         # Batched calls: the Rust tokenizer is far faster on lists than one text at a time.
@@ -581,7 +614,7 @@ class Encoder:
     def _count_unknown(self, text: str, tokenised: _Tokenised, start: int,
                        report: DataReport) -> None:
         """Count the unknown tokens of `tokenised` from position `start` on."""
-        unk = self.tokenizer.unk_token_id
+        unk = self.unk_id
         if unk is None or unk not in tokenised.ids[start:]:
             return
         for k in range(start, len(tokenised.ids)):

@@ -84,3 +84,17 @@ def inst_tokenizer():
                                   "pad_token": "<unk>"})
     tokenizer.chat_template = INST_TEMPLATE
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """Byte-level BPE in GPT-2's shape: one token, <|endoftext|>, is unknown, BOS and EOS
+    at once; no chat template, no BOS added, no padding token."""
+    from tokenizers import pre_tokenizers
+    from transformers import GPT2TokenizerFast
+
+    vocab, merges = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), 300,
+                               pre_tokenizers.ByteLevel.alphabet())
+    vocab = {**vocab, "<|endoftext|>": len(vocab)}
+    return GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>",
+                             bos_token="<|endoftext|>", eos_token="<|endoftext|>")

@@ -68,7 +68,7 @@ def test_an_implicit_prompt_that_cannot_be_told_is_refused(tmp_path, chosen, rej
 
 
 def test_string_completions_without_a_prompt_still_miss_it(tmp_path):
-    with pytest.raises(RecordError, match=r":1: field 'prompt': missing$"):
+    with pytest.raises(RecordError, match=r":1: field 'prompt': missing; "):
         read(tmp_path, [{"chosen": "a", "rejected": "b"}])
 
 
@@ -146,3 +146,26 @@ def test_implicit_prompt_records_tokenise_like_explicit_ones(tokenizer, tmp_path
     groups, report = Encoder(tokenizer, TokenizeConfig()).encode_all(records)
     assert report.kept == 3
     assert groups[0] == groups[1] == groups[2]
+
+
+def test_anthropic_hh_strings_split_at_the_last_shared_assistant_turn(tmp_path):
+    """By hand: both strings share everything up to "\n\nAssistant: Blu"; the prompt ends at
+    the marker, so the shared "Blu" stays in each answer."""
+    asked = "\n\nHuman: What colour is the sky?\n\nAssistant:"
+    again = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and the sky?\n\nAssistant:"
+    (first, second) = read(tmp_path, [{"chosen": asked + " Blue.", "rejected": asked + " Blurple."},
+                                      {"chosen": again + " Blue.", "rejected": again + " No."}])
+    assert first.prompt == asked
+    assert first.completions == (" Blue.", " Blurple.")
+    assert second.prompt == again  # every shared turn, the last assistant marker included
+    assert second.completions == (" Blue.", " No.")
+
+
+def test_strings_without_prompt_or_turn_marker_say_how_to_give_the_prompt(tmp_path):
+    with pytest.raises(RecordError) as err:
+        read(tmp_path, [{"chosen": "sort 21: 12", "rejected": "sort 21: 21"}])
+    assert err.value.field == "prompt"
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'data.jsonl'}:1: field 'prompt': missing; ")
+    assert "message lists" in message and "\\n\\nAssistant:" in message
+    assert "give the shared start of chosen and rejected in 'prompt'" in message

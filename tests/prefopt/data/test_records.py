@@ -77,7 +77,8 @@ def test_parquet_and_json_name_the_record(tmp_path):
     with pytest.raises(RecordError, match=r"d.parquet record 1: field 'chosen': missing"):
         read_pairwise(str(tmp_path / "d.parquet"))
     (tmp_path / "d.json").write_text(json.dumps([GOOD, {"prompt": "a"}]))
-    with pytest.raises(RecordError, match=r"d.json record 1: field 'chosen': missing"):
+    # JSON arrays count from 1, like JSONL lines: the second record is record 2.
+    with pytest.raises(RecordError, match=r"d.json record 2: field 'chosen': missing"):
         read_pairwise(str(tmp_path / "d.json"))
 
 
@@ -215,3 +216,22 @@ def test_a_split_of_a_saved_dataset_without_splits_is_refused(tmp_path):
                               "Dataset), so data.val_split=test picks nothing: remove "
                               "data.val_split; validation records come from data.val_path "
                               "or data.val_fraction")
+
+
+def test_invalid_json_names_line_and_column(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": }\n]')
+    # By hand: line 3 is `  {"prompt": }`; the value expected at "}" is character 14.
+    with pytest.raises(RecordError) as err:
+        read_pairwise(str(path))
+    assert str(err.value) == f"{path}:3: not valid JSON (Expecting value at column 14)"
+
+
+def test_json_lines_in_a_json_file_are_told_to_be_renamed(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(RecordError) as err:
+        read_pairwise(str(path))
+    assert str(err.value) == (f"{path}:2: not valid JSON (Extra data at column 1); it holds "
+                              f"one record per line (JSON Lines): rename it to "
+                              f"{tmp_path / 'pairs.jsonl'}")

@@ -146,3 +146,16 @@ def test_the_datamodule_keeps_the_mixture_description(tmp_path, tokenizer):
     assert datamodule.sources["val"] == [{"path": a, "split": "train", "records_read": 10,
                                           "records_used": 10}]
     assert len(datamodule.groups["train"]) == 20
+
+
+def test_a_missing_file_names_the_setting_that_gave_it(tmp_path):
+    good, missing = pairs(tmp_path / "a.jsonl", 10), str(tmp_path / "x.jsonl")
+    cases = [(DataConfig(path=missing), "data.path: "),
+             (DataConfig(path=good, val_path=missing), "data.val_path: "),
+             (DataConfig(mix=[SourceConfig(path=good), SourceConfig(path=missing)]),
+              "data.mix[1]: field 'path': ")]
+    for cfg, named in cases:
+        with pytest.raises(RecordError) as err:
+            load_splits(cfg, "pairwise", seed=0)
+        assert str(err.value).startswith(f"{named}no such file or directory {missing!r}")
+        assert "give the path of an existing" in str(err.value)

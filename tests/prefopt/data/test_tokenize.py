@@ -371,3 +371,53 @@ def test_common_prefix_length(a, b, n):
     from prefopt.data.tokenize import common_prefix_length
 
     assert common_prefix_length(a, b) == common_prefix_length(b, a) == n
+
+
+def test_gpt2_style_eos_is_not_counted_as_unknown(gpt2_tokenizer):
+    """GPT-2's <|endoftext|> is unknown, BOS and EOS at once. Each plain completion ends in
+    it (2 per pair) and the byte-level vocabulary covers "é": by hand, 0 unknown tokens."""
+    (pair,), report = encode(gpt2_tokenizer, rec(prompt="trié é", chosen="ü1"),
+                             chat_template=False)
+    assert pair.chosen[-1] == gpt2_tokenizer.eos_token_id == gpt2_tokenizer.unk_token_id
+    assert report.unknown_tokens == 0
+    assert report.as_dict()["unknown_characters"] == {}
+    assert "unknown" not in report.summary()
+
+
+def test_a_prompt_without_tokens_is_skipped_counted_and_warned(gpt2_tokenizer, caplog):
+    """GPT-2 adds no BOS and has no chat template: an empty prompt has no tokens, and nothing
+    would predict the completion's first token. By hand: 1 of 3 records skipped."""
+    records = [rec(prompt="Thank you", where="t.jsonl:1"), rec(prompt="", where="t.jsonl:2"),
+               rec(prompt="sort 321", where="t.jsonl:3")]
+    with caplog.at_level("WARNING", logger="prefopt.data.tokenize"):
+        groups, report = Encoder(gpt2_tokenizer, TokenizeConfig(chat_template=False)
+                                 ).encode_all(records)
+    assert len(groups) == report.kept == 2 and all(g.prompt for g in groups)
+    assert report.as_dict()["skipped"] == {"prompt without tokens": 1}
+    assert "skipped 1 (prompt without tokens)" in report.summary()
+    assert len(report.prompt_lengths) == 2  # lengths of the records that were tokenised
+    assert "(first: t.jsonl:2)" in caplog.text and "BOS" in caplog.text
+    assert "chat template" in caplog.text
+
+
+def test_an_empty_prompt_in_a_chat_template_is_kept(tokenizer):
+    """The template renders the empty user turn around it: the prompt has tokens and the
+    record trains."""
+    (pair,), report = encode(tokenizer, rec(prompt=""))
+    assert tokenizer.decode(pair.prompt) == "<s><|user|><|end|><|assistant|>"
+    assert report.skipped == {}
+
+
+def test_no_chat_template_error_gives_the_fix_for_the_record_kind(gpt2_tokenizer):
+    """data.chat_template=false is the fix for string records only: message lists need a
+    template whatever that setting says."""
+    messages = rec(prompt=[{"role": "user", "content": "hi"}],
+                   chosen=[{"role": "assistant", "content": "yo"}],
+                   rejected=[{"role": "assistant", "content": "no"}])
+    with pytest.raises(RecordError) as error:
+        encode(gpt2_tokenizer, messages, chat_template=False)
+    assert "message lists need a chat template" in str(error.value)
+    assert "plain strings" in str(error.value)
+    assert "data.chat_template=false" not in str(error.value)
+    with pytest.raises(RecordError, match="set data.chat_template=false for plain-string"):
+        encode(gpt2_tokenizer, rec())
