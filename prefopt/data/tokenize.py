@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import logging
 import math
 from collections import Counter
@@ -245,6 +246,16 @@ class _Tokenised:
     spans: list[tuple[int, int]] | None
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_clamped_prompt_limit(max_prompt_length: int, max_length: int) -> None:
+    """Once per pair of values in a process: a run builds an encoder for each split and
+    for generation, and one warning says it for all of them."""
+    log.warning("data.max_prompt_length (%d) is not below data.max_length (%d): prompts "
+                "are limited to max_length // 2 = %d tokens instead; set "
+                "data.max_prompt_length=<n> below data.max_length to choose",
+                max_prompt_length, max_length, max_length // 2)
+
+
 class Encoder:
     """Turns `Record`s into `EncodedGroup`s under a `TokenizeConfig`."""
 
@@ -256,10 +267,7 @@ class Encoder:
                              f"completion token), got {cfg.max_length}")
         if cfg.max_prompt_length is not None and cfg.max_prompt_length >= cfg.max_length:
             # A preset's prompt limit under a smaller max_length set on the command line.
-            log.warning("data.max_prompt_length (%d) is not below data.max_length (%d): "
-                        "prompts are limited to max_length // 2 = %d tokens instead; set "
-                        "data.max_prompt_length=<n> below data.max_length to choose",
-                        cfg.max_prompt_length, cfg.max_length, cfg.max_length // 2)
+            _warn_clamped_prompt_limit(cfg.max_prompt_length, cfg.max_length)
             cfg = dataclasses.replace(cfg, max_prompt_length=cfg.max_length // 2)
         allowed = {"on_overlong_prompt": {Rule.error, Rule.skip, Rule.truncate},
                    "on_empty_completion": {Rule.error, Rule.skip, Rule.keep},

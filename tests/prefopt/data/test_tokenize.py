@@ -164,8 +164,13 @@ def test_report_counts_characters_the_tokenizer_cannot_see(tokenizer):
 
 def test_a_prompt_limit_not_below_max_length_is_clamped_with_a_warning(tokenizer, caplog):
     """data=files keeps max_prompt_length=512; data.max_length=128 on the command line then
-    limits prompts to 128 // 2 = 64 tokens instead of refusing the run."""
+    limits prompts to 128 // 2 = 64 tokens instead of refusing the run, with one warning
+    however many encoders the run builds (one per split, one for generation)."""
+    from prefopt.data.tokenize import _warn_clamped_prompt_limit
+
+    _warn_clamped_prompt_limit.cache_clear()  # said once per process: start afresh
     encoder = Encoder(tokenizer, TokenizeConfig(max_length=128, max_prompt_length=512))
+    Encoder(tokenizer, TokenizeConfig(max_length=128, max_prompt_length=512))
     assert encoder.cfg.max_prompt_length == 64
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "data.max_prompt_length (512)" in warning and "data.max_length (128)" in warning
