@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefopt import registry
 from prefopt.data.output import write_atomically
 from prefopt.data.records import RecordError
-from prefopt.models import ModelSourceError
+from prefopt.models import ModelSettingError, ModelSourceError
 from prefopt.objective import UnknownSettingError
 from prefopt.online.rewards import RewardError
 from prefopt.training import rundir
@@ -60,7 +60,7 @@ __all__ = ["USER_ERRORS", "ObjectiveInfo", "Run", "RunMetrics", "load_run", "obj
 # prints it as one line and exits 1; the API raises it.
 USER_ERRORS = (RecordError, registry.PluginError, ConfigError, NonFiniteError,
                FileNotFoundError, RewardError, UnknownSettingError, RunDirError,
-               ModelSourceError)
+               ModelSourceError, ModelSettingError)
 
 
 # -- the code path prefopt-train shares ---------------------------------------------------

@@ -28,10 +28,9 @@ class ModelSourceError(ValueError):
     repository that can be reached; the message names the setting and the fix."""
 
 
-class ModelSettingError(ModelSourceError):
+class ModelSettingError(ValueError):
     """A setting the loaded model cannot serve (`model.lora.target_modules`,
-    `data.max_length`); the message names the setting, the model's side and the fix. A
-    ModelSourceError, so that prefopt-train prints it as one line as it does those."""
+    `data.max_length`); the message names the setting, the model's side and the fix."""
 
 
 # A hub repository id: `name` or `owner/name`, of letters, digits, `-`, `_` and `.`.
